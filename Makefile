@@ -1,0 +1,55 @@
+# INF265 Project 1 bundle. The two commands a newcomer needs:
+#   make run    install, check the data, execute every notebook in place, build report/report.pdf
+#   make test   pytest unit tests + nbval on every notebook
+# Others: make bench, make report, make grade SUBMISSION=folder, make data, make clean-venv
+#
+# Settings (environment or make VAR=...):
+#   DATA_DIR   data folder (default: data/). Offline here: DATA_DIR=../shared/data
+#   VENV       virtual environment folder (default: .venv)
+#   PYTHON     Python 3.11 used to create the venv (default: python3)
+
+SHELL      := /bin/bash
+VENV       ?= .venv
+PYTHON     ?= python3
+PY         := $(VENV)/bin/python
+DATA_DIR   ?= data
+export DATA_DIR PYTHON
+
+# Execution order matters: later notebooks and the report read earlier results.
+NOTEBOOKS  := backpropagation.ipynb gradient_descent.ipynb toy_problems.ipynb
+PYTEST_ARGS ?=
+
+.PHONY: run test unit nbval bench report grade data venv clean-venv
+
+venv:
+	@tools/ensure-venv.sh $(VENV)
+
+data: venv
+	@$(PY) -m inf265.data
+
+run: data
+	@$(PY) -m inf265.execute $(NOTEBOOKS)
+	@$(MAKE) --no-print-directory report
+
+test: venv
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider $(NOTEBOOKS) $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+nbval: venv
+	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider $(NOTEBOOKS) $(PYTEST_ARGS)
+
+bench: venv
+	@set -e; for b in bench/bench_*.py; do $(PY) $$b; done
+
+report: venv
+	@$(PY) -m inf265.report
+
+grade: venv
+	@test -n "$(SUBMISSION)" || { echo "usage: make grade SUBMISSION=path/to/student/folder" >&2; exit 2; }
+	@$(PY) -m grading "$(SUBMISSION)"
+
+clean-venv:
+	rm -rf $(VENV)

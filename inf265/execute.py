@@ -1,0 +1,85 @@
+"""Execute notebooks top to bottom, in place, atomically: ``python -m inf265.execute NB ...``.
+
+Each notebook runs in a fresh kernel from the project root (the folder the notebooks live in).
+Only a notebook that ran without error is written back, through a temporary file renamed over
+the original; a failing or interrupted run leaves the committed notebook untouched and prints
+which cell failed. No timing metadata is recorded, so outputs stay comparable by nbval.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+from . import ROOT
+
+
+def _cell_number(nb, cell) -> int:
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    return code.index(cell) + 1 if cell in code else -1
+
+
+def execute(path: Path, timeout: int = 1800, kernel: str = "python3") -> None:
+    """Execute ``path`` in place; raise RuntimeError naming the failing cell otherwise."""
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, record_timing=False,
+                            resources={"metadata": {"path": str(path.resolve().parent)}})
+    failed = {}
+
+    def remember(cell, cell_index, **_):
+        failed["cell"], failed["index"] = cell, cell_index
+
+    client.on_cell_execute = remember
+    try:
+        client.execute()
+    except (CellExecutionError, CellTimeoutError) as exc:
+        cell = failed.get("cell")
+        where = f"code cell {_cell_number(nb, cell)} (cell index {failed.get('index')})" if cell else "a cell"
+        first = "\n".join(cell.source.splitlines()[:3]) if cell else ""
+        summary = str(exc).strip().splitlines()
+        last = next((l for l in reversed(summary) if l.strip()), "")
+        raise RuntimeError(f"{path.name}: {where} failed:\n    {first}\n  -> {last}\n"
+                           f"{path.name} was left unchanged.") from None
+    # Execution-only metadata would make every run differ; keep the notebook as authored.
+    nb.metadata.pop("widgets", None)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".ipynb.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            nbformat.write(nb, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path)
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    for nb in args.notebooks:
+        start = time.perf_counter()
+        print(f">> executing {nb}", flush=True)
+        try:
+            execute(nb, timeout=args.timeout)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {nb} was left unchanged", file=sys.stderr)
+            return 130
+        print(f"   done in {time.perf_counter() - start:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

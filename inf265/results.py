@@ -1,0 +1,49 @@
+"""Result export for the report: JSON and figures under ``results/``, written atomically.
+
+Outputs are deterministic (sorted keys, no timestamps, no machine paths, PNGs without the
+software/date metadata), so re-running a notebook on the same data rewrites identical files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from . import ROOT
+
+RESULTS = ROOT / "results"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_json(name: str, obj, folder: Path = RESULTS) -> Path:
+    """Save ``obj`` as ``results/<name>`` (pretty, sorted keys, trailing newline)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return atomic_write_bytes(Path(folder) / name, text.encode("utf-8"))
+
+
+def load_json(name: str, folder: Path = RESULTS):
+    return json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+
+
+def save_figure(fig, name: str, folder: Path = RESULTS, dpi: int = 150) -> Path:
+    """Save a matplotlib figure as ``results/<name>`` (PNG, reproducible bytes)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    return atomic_write_bytes(Path(folder) / name, buf.getvalue())

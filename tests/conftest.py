@@ -1,0 +1,21 @@
+"""Shared pytest fixtures: the data folder and a no-network switch."""
+import os
+from pathlib import Path
+
+import pytest
+
+from inf265.data import data_dir
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The data folder the suite runs against ($DATA_DIR); skips nothing: it must hold the data."""
+    root = data_dir()
+    assert root.is_dir(), f"DATA_DIR={root} does not exist; run the tests with DATA_DIR=../shared/data"
+    return root
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No download is attempted in this test."""
+    monkeypatch.setenv("INF265_OFFLINE", "1")
