@@ -31,15 +31,20 @@ run: data
 	@$(PY) -m inf265.execute $(NOTEBOOKS)
 	@$(MAKE) --no-print-directory report
 
+# One pytest run: unit tests (tests/) and nbval on every notebook, one summary line.
+# pytest's exit code 5 ("no tests collected") is reported, not treated as a crash.
+NBVAL      := --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
+PYTEST      = rc=0; $(PY) -m pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
+              if [ $$rc -eq 5 ]; then echo "note: pytest collected no tests"; rc=0; fi; exit $$rc
+
 test: venv
-	$(PY) -m pytest tests $(PYTEST_ARGS)
-	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider $(NOTEBOOKS) $(PYTEST_ARGS)
+	@$(call PYTEST,tests $(NOTEBOOKS) $(NBVAL))
 
 unit: venv
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	@$(call PYTEST,tests)
 
 nbval: venv
-	$(PY) -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider $(NOTEBOOKS) $(PYTEST_ARGS)
+	@$(call PYTEST,$(NOTEBOOKS) $(NBVAL))
 
 bench: venv
 	@set -e; for b in bench/bench_*.py; do $(PY) $$b; done

@@ -257,6 +257,7 @@ def main(argv=None) -> int:
     """``python -m inf265.data``: say which data will be used, or fail with the clear error."""
     try:
         print(describe_cifar10())
+        print(f"MNIST test split: {len(get_mnist_test())} images")
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
