@@ -13,6 +13,7 @@ Every notebook and test gets its data from here.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import pickle
@@ -99,6 +100,12 @@ def online(url: str | None = CIFAR10.url, timeout: float = 3.0) -> bool:
     """
     if os.environ.get("INF265_OFFLINE", "") not in ("", "0") or not url:
         return False
+    return _reachable(url, timeout)
+
+
+@functools.lru_cache(maxsize=None)
+def _reachable(url: str, timeout: float) -> bool:
+    """Asked once per process and host: a notebook loads both splits without waiting twice."""
     parts = urlparse(url)
     try:
         with socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout):
