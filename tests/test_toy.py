@@ -1,0 +1,303 @@
+"""inf265.toy: the toy problems' data, the full-batch gradient-descent loop, the gradient check,
+the figures; and toy_problems.ipynb's use of the notebook's own backpropagation."""
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nbformat  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from inf265 import ROOT, toy  # noqa: E402
+from inf265.nbdefs import load_definitions  # noqa: E402
+
+torch.set_default_dtype(torch.double)
+
+
+@pytest.fixture(scope="module")
+def bp():
+    """The hand-written MyNet and backpropagation of backpropagation.ipynb (never a copy)."""
+    return load_definitions(ROOT / "backpropagation.ipynb", name="nb_backpropagation_for_toy_tests")
+
+
+def autograd_backpropagation(model, y_true, y_pred, loss="sse"):
+    """A reference 'backpropagation' for testing the loop alone: recomputes the loss from the
+    stored input with autograd and fills dL_dw / dL_db like the contract asks."""
+    with torch.enable_grad():
+        model.zero_grad()
+        toy.loss_value(model(model.a[0]), y_true, loss).backward()
+    for l in range(1, model.L + 1):
+        model.dL_dw[l] = model.fc[str(l)].weight.grad.clone()
+        model.dL_db[l] = model.fc[str(l)].bias.grad.clone()
+    model.zero_grad()
+
+
+# ---------------------------------------------------------------------------------------- data
+def test_five_points():
+    X, y = toy.five_points()
+    assert X.shape == (5, 2) and y.shape == (5, 1) and X.dtype == torch.double
+    assert y.sum() == 1 and X[y[:, 0] == 1].abs().sum() == 0          # the positive is the origin
+    assert torch.equal(X[y[:, 0] == 0].norm(dim=1), torch.ones(4))      # negatives at distance 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 300), seed=st.integers(0, 2**31 - 1))
+def test_generate_linear_labels_by_diagonal(n, seed):
+    X, y = toy.generate_linear(n=n, seed=seed)
+    assert X.shape == (n, 2) and y.shape == (n, 1)
+    assert X.min() >= 0 and X.max() <= 1
+    assert torch.equal(y[:, 0] == 1, X[:, 0] <= X[:, 1])
+    X2, y2 = toy.generate_linear(n=n, seed=seed)
+    assert torch.equal(X, X2) and torch.equal(y, y2)
+
+
+def test_generate_linear_seeds_and_global_state():
+    state = torch.random.get_rng_state()
+    a, _ = toy.generate_linear(100, seed=0)
+    b, _ = toy.generate_linear(100, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state), "the global random state was touched"
+    assert not torch.equal(a, b)
+    _, y = toy.generate_linear()
+    assert 30 < y.sum() < 70  # both classes present in the default draw
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True, "10"])
+def test_generate_linear_rejects_bad_n(n):
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        toy.generate_linear(n=n)
+
+
+def test_generate_xor_easy():
+    X, y = toy.generate_XOR_easy()
+    assert X.shape == (21, 2) and y.shape == (21, 1)
+    zeros, ones = X[y[:, 0] == 0], X[y[:, 0] == 1]
+    assert len(zeros) == 11 and len(ones) == 10
+    assert torch.allclose(zeros[:, 0], zeros[:, 1])                     # on x2 = x1
+    assert torch.allclose(ones[:, 0] + ones[:, 1], torch.ones(10))     # on x2 = 1 - x1
+    assert not any(torch.allclose(p, torch.tensor([0.5, 0.5])) for p in ones)
+    assert len({tuple(p) for p in X.tolist()}) == 21
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(2, 600), seed=st.integers(0, 1000))
+def test_generate_circles_radii(n, seed):
+    X, y = toy.generate_circles(n=n, seed=seed)
+    r = X.norm(dim=1)
+    assert X.shape == (n, 2) and y.shape == (n, 1) and y.sum() == n // 2
+    assert (r[y[:, 0] == 1] < 2.5).all()
+    outer = r[y[:, 0] == 0]
+    assert (outer >= 3.5).all() and (outer <= 5).all()
+
+
+def test_generate_circles_rejects_overlapping_rings():
+    with pytest.raises(ValueError, match="inner <= outer"):
+        toy.generate_circles(inner=4.0, outer=(3.5, 5.0))
+
+
+def test_generate_regression_1d():
+    X, y = toy.generate_regression_1d(n=64, seed=0)
+    assert X.shape == y.shape == (64, 1)
+    assert X.min() >= -3 and X.max() <= 3 and torch.equal(X, X.sort(dim=0).values)
+    residual = y - torch.sin(X)
+    assert 0.05 < residual.std() < 0.2                                 # noise 0.1
+    X0, y0 = toy.generate_regression_1d(n=64, seed=0, noise=0.0)
+    assert torch.equal(y0, torch.sin(X0))
+    with pytest.raises(ValueError, match="noise"):
+        toy.generate_regression_1d(noise=-1.0)
+
+
+# ------------------------------------------------------------------------------- loss, accuracy
+def test_loss_value_matches_torch_losses():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(7, 1, generator=g)
+    p = torch.sigmoid(z)
+    y = (torch.rand(7, 1, generator=g) > 0.5).double()
+    nn = torch.nn
+    assert toy.loss_value(p, y, "sse").item() == pytest.approx(nn.MSELoss(reduction="sum")(p, y).item(), rel=1e-14)
+    assert toy.loss_value(p, y, "mse").item() == pytest.approx(nn.MSELoss()(p, y).item(), rel=1e-14)
+    assert toy.loss_value(p, y, "bce").item() == pytest.approx(nn.BCELoss()(p, y).item(), rel=1e-14)
+    assert toy.loss_value(z, y, "logistic").item() == pytest.approx(nn.BCELoss()(p, y).item(), rel=1e-12)
+
+
+def test_loss_value_errors():
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        toy.loss_value(torch.zeros(3, 1), torch.zeros(3, 1), "hinge")
+    with pytest.raises(ValueError, match=r"shape \(3,\) differs .* \(3, 1\)"):
+        toy.loss_value(torch.zeros(3), torch.zeros(3, 1), "mse")
+
+
+def test_accuracy_thresholds():
+    y = torch.tensor([[1.0], [0.0], [1.0], [0.0]])
+    assert toy.accuracy(torch.tensor([[0.9], [0.1], [0.4], [0.6]]), y) == 0.5
+    assert toy.accuracy(torch.tensor([[0.3], [-2.0], [0.1], [-0.1]]), y, logits=True) == 1.0
+    assert toy.accuracy(torch.tensor([[0.3], [-2.0], [0.1], [-0.1]]), y) == 0.5
+
+
+# ------------------------------------------------------------------------------------ training
+def _sgd_reference(model, X, y, loss, lr, steps):
+    """The same model trained by autograd + torch.optim.SGD; returns its loss curve."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        value = toy.loss_value(model(X), y, loss)
+        history.append(value.item())
+        value.backward()
+        optimizer.step()
+    with torch.no_grad():
+        history.append(toy.loss_value(model(X), y, loss).item())
+    return history
+
+
+def _pair(bp, n_l, activations, seed=0):
+    torch.manual_seed(seed)
+    a = bp.MyNet(n_l, activations)
+    torch.manual_seed(seed)
+    b = bp.MyNet(n_l, activations)
+    return a, b
+
+
+def test_loop_applies_the_sgd_update(bp):
+    """The loop alone (gradients from autograd) reproduces torch.optim.SGD step for step."""
+    X, y = toy.generate_circles(n=40, seed=1)
+    hand, ref = _pair(bp, [2, 3, 1], ["tanh", "identity"])
+    a = toy.gradient_descent(hand, X, y, autograd_backpropagation, loss="logistic", lr=0.5, steps=30)
+    b = _sgd_reference(ref, X, y, "logistic", 0.5, 30)
+    assert len(a) == 31 and a[-1] < a[0]
+    assert max(abs(u - v) for u, v in zip(a, b)) < 1e-13
+    for l in ("1", "2"):
+        assert torch.allclose(hand.fc[l].weight, ref.fc[l].weight, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("loss, activations, data", [
+    ("logistic", ["tanh", "identity"], "circles"),
+    ("mse", ["tanh", "sigmoid"], "five"),
+    ("bce", ["relu", "sigmoid"], "circles"),
+    ("sse", ["sigmoid", "sigmoid"], "xor"),
+])
+def test_hand_written_training_equals_sgd(bp, loss, activations, data):
+    """The notebook's backpropagation inside the loop == autograd + torch.optim.SGD, every step."""
+    X, y = {"circles": toy.generate_circles(n=60, seed=2), "five": toy.five_points(),
+            "xor": toy.generate_XOR_easy()}[data]
+    hand, ref = _pair(bp, [2, 5, 1], activations, seed=3)
+    a = toy.gradient_descent(hand, X, y, bp.backpropagation, loss=loss, lr=0.3, steps=50)
+    b = _sgd_reference(ref, X, y, loss, 0.3, 50)
+    assert max(abs(u - v) for u, v in zip(a, b)) < 1e-10
+
+
+def test_loop_detects_a_wrong_gradient(bp):
+    """A backpropagation that forgets the factor 2 of the MSE trains differently: caught."""
+    def half_gradient(model, y_true, y_pred, loss="mse"):
+        bp.backpropagation(model, y_true, y_pred, loss=loss)
+        for l in range(1, model.L + 1):
+            model.dL_dw[l], model.dL_db[l] = model.dL_dw[l] / 2, model.dL_db[l] / 2
+    X, y = toy.five_points()
+    hand, ref = _pair(bp, [2, 4, 1], ["tanh", "sigmoid"])
+    a = toy.gradient_descent(hand, X, y, half_gradient, loss="mse", lr=1.0, steps=20)
+    b = _sgd_reference(ref, X, y, "mse", 1.0, 20)
+    assert max(abs(u - v) for u, v in zip(a, b)) > 1e-6
+
+
+def test_loop_input_errors(bp):
+    X, y = toy.five_points()
+    torch.manual_seed(0)
+    model = bp.MyNet([2, 3, 1], ["tanh", "sigmoid"])
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        toy.gradient_descent(model, X, y, bp.backpropagation, lr=-1.0)
+    with pytest.raises(ValueError, match="steps must be a non-negative integer"):
+        toy.gradient_descent(model, X, y, bp.backpropagation, steps=2.5)
+    with pytest.raises(ValueError, match="unknown loss 'l1'"):
+        toy.gradient_descent(model, X, y, bp.backpropagation, loss="l1")
+    with pytest.raises(ValueError, match="X has 5 rows but y has 4"):
+        toy.gradient_descent(model, X, y[:4], bp.backpropagation)
+
+    def lazy(model, y_true, y_pred, loss="mse"):
+        model.dL_dw, model.dL_db = {1: torch.zeros(3, 2)}, {1: torch.zeros(3)}
+    with pytest.raises(RuntimeError, match=r"did not fill model.dL_dw\[2\]"):
+        toy.gradient_descent(model, X, y, lazy, steps=1)
+    assert toy.gradient_descent(model, X, y, bp.backpropagation, steps=0) == \
+        [toy.loss_value(toy.predict(model, X), y, "mse").item()]
+
+
+def test_gradient_check_separates_right_from_wrong(bp):
+    X, y = toy.generate_circles(n=50, seed=0)
+    torch.manual_seed(0)
+    model = bp.MyNet([2, 6, 1], ["relu", "sigmoid"])
+    assert toy.gradient_check(model, X, y, bp.backpropagation, loss="bce") < 1e-12
+
+    def transposed_bias(model, y_true, y_pred, loss="bce"):
+        bp.backpropagation(model, y_true, y_pred, loss=loss)
+        model.dL_db[1] = model.dL_db[1].flip(0)
+    assert toy.gradient_check(model, X, y, transposed_bias, loss="bce") > 1e-3
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # grads left clean
+
+
+def test_relative_error():
+    a = torch.tensor([1.0, 2.0])
+    assert toy.relative_error(a, a) == 0.0
+    assert toy.relative_error(a, -a) == pytest.approx(1.0)
+    assert toy.relative_error(torch.zeros(2), torch.zeros(2)) == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        toy.relative_error(a, torch.zeros(3))
+
+
+# ------------------------------------------------------------------------------------- figures
+def test_decision_boundary_draws_the_half_level(bp):
+    X, y = toy.five_points()
+    torch.manual_seed(0)
+    model = bp.MyNet([2, 1], ["sigmoid"])
+    with torch.no_grad():   # p = sigmoid(x1): boundary is the vertical line x1 = 0
+        model.fc["1"].weight.copy_(torch.tensor([[1.0, 0.0]]))
+        model.fc["1"].bias.zero_()
+    fig, ax = plt.subplots()
+    toy.plot_decision_boundary(ax, model, X, y, lim=(-2, 2), resolution=41)
+    assert ax.get_xlim() == (-2, 2) and ax.get_ylim() == (-2, 2)
+    contour = ax.collections[-3]  # contourf, contour at 0.5, then the two scatter sets
+    assert list(contour.levels) == [0.5]
+    (path,) = [p for p in contour.get_paths() if len(p.vertices)]
+    assert abs(path.vertices[:, 0]).max() < 1e-9       # the 0.5 level is x1 = 0
+    assert len(ax.collections[-2].get_offsets()) == 1 and len(ax.collections[-1].get_offsets()) == 4
+    plt.close(fig)
+
+
+def test_loss_curves_and_fit(bp):
+    fig, axes = toy.figure(2)
+    toy.plot_loss_curves(axes[0], {"a": [1.0, 0.5, 0.25], "b": [2.0, 1.0]})
+    assert [len(line.get_xdata()) for line in axes[0].lines] == [3, 2]
+    assert axes[0].get_yscale() == "log"
+    X, y = toy.generate_regression_1d(n=10, seed=0)
+    torch.manual_seed(0)
+    toy.plot_fit(axes[1], bp.MyNet([1, 4, 1], ["relu", "identity"]), X, y)
+    assert len(axes[1].lines) == 1 and len(axes[1].lines[0].get_xdata()) == 400
+    plt.close(fig)
+
+
+def test_format_table():
+    text = toy.format_table([{"name": "a", "loss": 0.123456}, {"name": "bbb", "loss": 2.0}])
+    lines = text.splitlines()
+    assert lines[0] == "name    loss" and lines[2] == "   a  0.1235" and lines[3] == " bbb       2"
+    assert len({len(line) for line in lines}) == 1
+    with pytest.raises(ValueError, match="at least one row"):
+        toy.format_table([])
+
+
+# ------------------------------------------------------------------------------------ notebook
+def test_notebook_imports_the_backpropagation_instead_of_retyping_it():
+    nb = nbformat.read(ROOT / "toy_problems.ipynb", as_version=4)
+    sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert 'load_definitions("backpropagation.ipynb")' in sources
+    assert "def backpropagation" not in sources and "class MyNet" not in sources
+    assert "torch.set_default_dtype(torch.double)" in sources
+
+
+def test_notebook_is_committed_executed_without_errors():
+    nb = nbformat.read(ROOT / "toy_problems.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "run: python -m inf265.execute toy_problems.ipynb"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for c in code for o in c.outputs)
+    diff = float(text.split("over the 1001 loss values: ")[1].split()[0])
+    assert math.isfinite(diff) and diff < 1e-10
