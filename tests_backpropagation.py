@@ -618,11 +618,12 @@ def main_test(backprop_fn, model, eps=1e-6, verbose=False, data="toy", loss="sse
     worst = {k: {"autograd": 0.0, "finite_differences": 0.0} for k in keys}
     start = [p.detach().clone() for p in params]
     start_grads = [p.grad for p in params]
+    bce_message = ("loss='bce' needs probabilities in [0, 1]: use a sigmoid output layer "
+                   "(or loss='logistic' with an identity output layer)")
     with torch.no_grad():
-        probe = model(x[:1])
+        probe = model(x)
     if loss == "bce" and not ((probe >= 0) & (probe <= 1)).all():
-        raise ValueError("loss='bce' needs probabilities in [0, 1]: use a sigmoid output layer "
-                         "(or loss='logistic' with an identity output layer)")
+        raise ValueError(bce_message)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead (x10 on a loaded machine)
@@ -671,6 +672,10 @@ def main_test(backprop_fn, model, eps=1e-6, verbose=False, data="toy", loss="sse
                 with torch.no_grad():  # (torch.optim would import torch._dynamo: 3 s)
                     for p, r in zip(params, c.refs.values()):
                         p -= lr * r.to(p.dtype) / scale
+    except RuntimeError as exc:  # nn.BCELoss on an output that left [0, 1]
+        if loss == "bce" and "between 0 and 1" in str(exc):
+            raise ValueError(bce_message) from None
+        raise
     finally:
         torch.set_num_threads(threads)
         with torch.no_grad():

@@ -7,7 +7,7 @@
    ``ToTensor`` + ``Normalize`` to every image in ``__getitem__``, every epoch;
    B = the notebook's path, images preprocessed once into double tensors (``inf265.cifar``),
    batches by indexing (``cifar.tensor_loader``). Prints ``epoch (...): A s vs B s, ratio A/B``
-   (best of 3 runs each; the one-off preprocessing cost of B is printed separately).
+   (best of 5 runs each; the one-off preprocessing cost of B is printed separately).
 2. The whole notebook, executed like ``make run`` in a scratch copy of the project, on a
    full-size tiled replica of CIFAR-10 (50000 training / 10000 test images, built in memory by
    tiling the data found in ``$DATA_DIR``). The project's ``results/`` are not touched.
@@ -71,7 +71,7 @@ def best_of(runs, fn):
     return min(times)
 
 
-def bench_epoch(runs: int = 3) -> float:
+def bench_epoch(runs: int = 5) -> float:
     torch.set_default_dtype(torch.double)
     torch.set_num_threads(1)
     nb = load_definitions(NOTEBOOK)
@@ -123,7 +123,7 @@ def bench_notebook() -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-notebook", action="store_true", help="skip the full-size notebook run")
-    parser.add_argument("--runs", type=int, default=3, help="runs per epoch timing (best is kept)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per epoch timing (best is kept)")
     args = parser.parse_args(argv)
     bench_epoch(args.runs)
     if not args.no_notebook:

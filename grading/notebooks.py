@@ -60,7 +60,12 @@ def execute(path: Path, cell_timeout: float, out_nb: Path, pid_file: Path) -> di
         cell = current.get("cell")
         ename, evalue = _error_output(cell) if cell is not None else ("", "")
         status = "error"
-        message = f"{ename}: {evalue}" if ename else str(exc).strip().splitlines()[-1][:300]
+        first = (evalue.strip().splitlines() or [""])[0]
+        message = f"{ename}: {first[:300]}" if ename else str(exc).strip().splitlines()[-1][:300]
+        if "likely cause:" in evalue and "likely cause:" not in first:  # the harness's diagnosis
+            message += " ... likely cause: " + evalue.split("likely cause:", 1)[1].strip().splitlines()[0][:300]
+        if evalue.strip() != first:
+            current["error"] = f"{ename}: {evalue}"
     except Exception as exc:  # kernel failed to start, malformed notebook ...
         status, message = "error", f"could not execute the notebook: {type(exc).__name__}: {exc}"
     result = {"status": status, "message": message, "code_cells": len(code)}
@@ -70,6 +75,8 @@ def execute(path: Path, cell_timeout: float, out_nb: Path, pid_file: Path) -> di
         result.update({"cell": number, "cell_index": current.get("index"),
                        "cell_source": "\n".join(cell.source.splitlines()[:6]),
                        "cells_not_run": len(code) - number if number else None})
+    if current.get("error"):
+        result["error"] = current["error"]
     nb.metadata.pop("widgets", None)
     nbformat.write(nb, str(out_nb))
     return result

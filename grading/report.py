@@ -30,9 +30,9 @@ def markdown(report: dict) -> str:
             d = c["details"]
             if d.get("cell_source"):
                 lines += [f"Code cell {d.get('cell')}:", "", "```python", d["cell_source"], "```", ""]
-            for key in ("output", "traceback", "stderr"):
+            for key in ("harness_report", "error", "output", "traceback", "stderr"):
                 if d.get(key):
-                    lines += [f"{key.capitalize()}:", "", "```", d[key].rstrip(), "```", ""]
+                    lines += [f"{key.replace('_', ' ').capitalize()}:", "", "```", d[key].rstrip(), "```", ""]
             if d.get("executed_notebook"):
                 lines += [f"Executed notebook: `{d['executed_notebook']}`", ""]
     lines += ["", f"Graded in {report['seconds']:.1f} s.", ""]

@@ -181,7 +181,8 @@ def load(notebook: Path, wanted: tuple[str, ...]):
                           f"(expected {', '.join(wanted)})")
     message = f"{', '.join(wanted)} loaded from {notebook.name}"
     if skipped:
-        message += "; skipped top-level statement(s) that need the notebook's computed data: " + "; ".join(skipped[:3])
+        message += (f"; skipped {len(skipped)} top-level statement(s) that need the notebook's computed data "
+                    f"(first: {skipped[0]})")
     if notes:
         message += "; also ran the top-level statement(s) they need: " + "; ".join(notes)
     return module, message
@@ -214,10 +215,12 @@ def _harness_verdict(result):
     n_ok = sum(r["passed"] for r in records)
     message = f"{n_ok} / {len(records)} harness checks passed" if records else (
         "harness: all checks passed" if passed else "harness reported a failure")
-    if not passed:
-        bad = [r for r in records if not r["passed"]]
-        if bad:
-            message += ": " + "; ".join(f"{r['name']}: {r['message']}" for r in bad[:3])
+    bad = [r for r in records if not r["passed"]]
+    if not passed and bad:
+        first = str(bad[0]["message"] or "")
+        cause = first.split("likely cause:", 1)[1].strip() if "likely cause:" in first else first[:300]
+        message = (f"{len(bad)} of {len(records)} harness checks failed ({'; '.join(r['name'] for r in bad)}): "
+                   + cause)
     return passed, message, {"harness_checks": records}
 
 
@@ -277,8 +280,8 @@ def grade_backprop(runner: Runner, results: Results) -> None:
                 result = getattr(exc, "result", None)
                 if result is None:
                     raise
-                passed, _, details = _harness_verdict(result)
-                return passed, str(exc).strip(), details
+                passed, message, details = _harness_verdict(result)
+                return passed, message, {**details, "harness_report": str(exc).strip()}
             return _harness_verdict(result)
         return check
 

@@ -36,7 +36,8 @@ def class_counts(counts: dict[str, list[int]], classes: list[str], highlight=())
     ax.set_xticks(x, [f"{c}*" if c in highlight else c for c in classes], rotation=30)
     ax.set_ylabel("images")
     ax.set_title("CIFAR-10 images per class and split" + (" (* kept: cat vs automobile)" if highlight else ""))
-    ax.legend()
+    ax.set_ylim(0, 1.2 * max(max(v) for v in counts.values()))
+    ax.legend(ncols=len(counts), loc="upper right")
     fig.tight_layout()
     return fig
 

@@ -148,6 +148,9 @@ def gradient_descent(model, X: torch.Tensor, y: torch.Tensor, backpropagation: C
     fills ``model.dL_dw[l]`` and ``model.dL_db[l]``, then every layer is updated in place by
     ``w -= lr * dL_dw`` and ``b -= lr * dL_db``. Returns the ``steps + 1`` loss values
     L(w_0), ..., L(w_steps): the loss before each update, then after the last one.
+    Everything runs under ``torch.no_grad()``: autograd records nothing, so the gradients can
+    only come from ``backpropagation``. Full-batch steps with this rule are the iterates of
+    ``torch.optim.SGD(lr=lr)`` (no momentum, no weight decay) on the same loss.
     """
     _check_loss(loss)
     if not (isinstance(lr, (int, float)) and lr > 0):
@@ -269,12 +272,15 @@ def figure(ncols: int, width: float = 3.3, height: float = 3.0):
 
 
 # -------------------------------------------------------------------------------------- tables
-def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str = ".4g") -> str:
-    """A plain-text table (one dict per row), right-aligned, floats formatted with ``floatfmt``."""
+def format_table(rows: list[dict], columns: list[str] | None = None, floatfmt: str | dict = ".4g") -> str:
+    """A plain-text table (one dict per row), right-aligned, floats formatted with ``floatfmt``
+    (one format for all columns, or ``{column: format}`` with ".4g" for the others)."""
     if not rows:
         raise ValueError("format_table needs at least one row")
     columns = columns or list(rows[0])
-    cells = [[format(r[c], floatfmt) if isinstance(r[c], float) else str(r[c]) for c in columns]
+    fmt = floatfmt if isinstance(floatfmt, dict) else {}
+    default = ".4g" if isinstance(floatfmt, dict) else floatfmt
+    cells = [[format(r[c], fmt.get(c, default)) if isinstance(r[c], float) else str(r[c]) for c in columns]
              for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)),

@@ -155,3 +155,18 @@ def test_exported_results_are_consistent():
     for key in ("class_counts", "examples", "learning_curves", "confusion_matrix", "misclassified"):
         png = ROOT / r["figures"][key]
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+def test_pil_baseline_gives_the_same_batches_as_the_tensor_path(shared_data):
+    """The benchmark compares like with like: same images, same order, same values up to rounding."""
+    ds = get_cifar10(True, root=shared_data, verbose=False)
+    ds.data, ds.targets = ds.data[:100], ds.targets[:100]
+    x = cifar.resize_to_double(cifar.images_as_tensor(ds), 16)
+    mean, std = cifar.channel_stats(x)
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    fast = list(cifar.tensor_loader(x, torch.tensor(ds.targets), 32, shuffle=True, seed=3))
+    slow = list(cifar.pil_loader(ds, mean, std, 32, image_size=16, seed=3))
+    assert [len(b[1]) for b in slow] == [32, 32, 32, 4]
+    for (xa, ya), (xb, yb) in zip(fast, slow):
+        assert torch.equal(ya, yb) and xb.dtype == torch.double
+        assert (xa - xb).abs().max() <= 1.5 / 255 / min(std)

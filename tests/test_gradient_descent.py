@@ -81,7 +81,7 @@ hyper_parameters = st.fixed_dictionaries({
 }).filter(lambda h: not h["nesterov"] or (h["momentum"] > 0 and h["dampening"] == 0))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(hyper=hyper_parameters, batch_size=st.integers(1, 80), n_epochs=st.integers(1, 3),
        deep=st.booleans(), seed=st.integers(0, 2**16))
 def test_manual_update_is_bitwise_sgd(nb, hyper, batch_size, n_epochs, deep, seed):

@@ -102,7 +102,7 @@ def test_correct_implementations_pass(fn):
     assert result and result.passed and result.n_passed == len(result.checks) == 7
     assert all(c.passed and c.name and c.message for c in result.checks)
     assert "7 / 7: ALL TESTS PASSED" in report and "FAILED" not in report
-    assert all(e["autograd"] < 1e-12 and e["finite_differences"] < 1e-6 for e in result.errors.values())
+    assert all(e["autograd"] < 1e-10 and e["finite_differences"] < 1e-6 for e in result.errors.values())
 
 
 def test_deeper_net_other_activations_batch_32():
@@ -159,6 +159,7 @@ def test_mnist_sample_is_real_mnist(shared_data):
 
 
 def test_bad_arguments_raise_value_error():
+    torch.manual_seed(0)
     with pytest.raises(ValueError, match="576"):
         harness.main_test(backpropagation, MyNet([2, 3, 10]), data="mnist")
     with pytest.raises(ValueError, match="10 outputs"):
@@ -418,3 +419,13 @@ def test_loading_the_notebook_has_no_side_effects():
         assert torch.equal(torch.rand(3), expected)
     finally:
         torch.set_default_dtype(old)
+
+
+def test_replaced_activations_are_differentiated_with_their_own_df():
+    """The grader swaps f / df on a built model: backpropagation must follow (no stale shortcut)."""
+    model = MyNet([2, 4, 3, 2])
+    model.f[1], model.df[1] = torch.sigmoid, (lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)))
+    model.f[2], model.df[2] = torch.relu, (lambda z: (z > 0).to(z.dtype))
+    model.f[3], model.df[3] = (lambda z: z), torch.ones_like
+    result, exc, report = run(backpropagation, model)
+    assert exc is None, report

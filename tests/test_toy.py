@@ -188,6 +188,21 @@ def test_hand_written_training_equals_sgd(bp, loss, activations, data):
     assert max(abs(u - v) for u, v in zip(a, b)) < 1e-10
 
 
+@settings(max_examples=12, deadline=None)
+@given(hidden=st.lists(st.integers(1, 6), min_size=0, max_size=3),
+       act=st.sampled_from(["tanh", "sigmoid", "relu", "identity"]),
+       loss=st.sampled_from(["sse", "mse", "bce", "logistic"]), seed=st.integers(0, 10_000))
+def test_hand_written_training_equals_sgd_any_network(bp, hidden, act, loss, seed):
+    X, y = toy.generate_circles(n=30, seed=seed)
+    X = X / 5
+    out = "sigmoid" if loss == "bce" else "identity"
+    hand, ref = _pair(bp, [2, *hidden, 1], [act] * len(hidden) + [out], seed=seed)
+    lr = 0.005 if loss == "sse" else 0.1  # the sum over 30 points takes a 30x larger step
+    a = toy.gradient_descent(hand, X, y, bp.backpropagation, loss=loss, lr=lr, steps=5)
+    b = _sgd_reference(ref, X, y, loss, lr, 5)
+    assert all(abs(u - v) <= 1e-10 * max(1.0, abs(v)) for u, v in zip(a, b)), (a, b)
+
+
 def test_loop_detects_a_wrong_gradient(bp):
     """A backpropagation that forgets the factor 2 of the MSE trains differently: caught."""
     def half_gradient(model, y_true, y_pred, loss="mse"):
@@ -280,6 +295,8 @@ def test_format_table():
     lines = text.splitlines()
     assert lines[0] == "name    loss" and lines[2] == "   a  0.1235" and lines[3] == " bbb       2"
     assert len({len(line) for line in lines}) == 1
+    per_column = toy.format_table([{"a": 0.5, "b": 1.5e-16}], floatfmt={"b": ".1e"}).splitlines()[2]
+    assert per_column.split() == ["0.5", "1.5e-16"]
     with pytest.raises(ValueError, match="at least one row"):
         toy.format_table([])
 
