@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 from . import ROOT
+from .results import atomic_write_bytes
 
 
 def _cell_number(nb, cell) -> int:
@@ -50,14 +50,7 @@ def execute(path: Path, timeout: int = 1800, kernel: str = "python3") -> None:
                            f"{path.name} was left unchanged.") from None
     # Execution-only metadata would make every run differ; keep the notebook as authored.
     nb.metadata.pop("widgets", None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".ipynb.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            nbformat.write(nb, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, nbformat.writes(nb).encode("utf-8") + b"\n")
 
 
 def main(argv=None) -> int:

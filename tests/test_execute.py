@@ -1,5 +1,6 @@
 """`make run`'s notebook execution: in place, atomic, and clear about the failing cell."""
 import json
+import os
 import subprocess
 import sys
 
@@ -27,6 +28,9 @@ def test_success_writes_outputs_in_place_without_timing(tmp_path):
     assert [c["execution_count"] for c in nb["cells"]] == [1, 2]
     assert all("execution" not in c["metadata"] for c in nb["cells"])
     assert not list(tmp_path.glob("*.tmp")), "temporary file left behind"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask, "written with mkstemp's private mode"
 
 
 def test_failure_leaves_notebook_untouched_and_names_the_cell(tmp_path):
