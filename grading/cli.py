@@ -150,7 +150,10 @@ def grade(submission: Path, out_root: Path, rubric: rubric_mod.Rubric, harness: 
     check_submission(submission)
     out_dir = out_root / submission.name
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        if not (out_dir / "report.json").is_file() and any(out_dir.iterdir()):
+            raise SubmissionError(f"{out_dir} exists and is not a grading report folder (no report.json); "
+                                  f"choose another --out folder")
+        shutil.rmtree(out_dir)  # an earlier report of this student: replaced
     out_dir.mkdir(parents=True)
     start = time.monotonic()
     records: dict[str, dict] = {}
@@ -263,6 +266,13 @@ def main(argv=None) -> int:
         print("error: two submissions have the same folder name; their reports would overwrite each other "
               "(OUT/<folder name>/): grade them with different --out folders", file=sys.stderr)
         return 2
+
+    for sub in args.submissions:
+        out_dir = out_root / sub.resolve().name
+        if out_dir.exists() and not (out_dir / "report.json").is_file() and any(out_dir.iterdir()):
+            print(f"error: {out_dir} exists and is not a grading report folder (no report.json); the grader "
+                  f"would replace it: choose another --out folder", file=sys.stderr)
+            return 2
 
     def one(sub):
         return grade(sub, out_root, rubric, args.harness.resolve(), check_timeout, cell_timeout)

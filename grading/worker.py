@@ -108,25 +108,41 @@ class Runner:
 # ----------------------------------------------------------------------------- loading
 
 def _code_names(code) -> set[str]:
-    names = set(code.co_names)
+    """Global names a code object (and the code nested in it) reads; not attribute names."""
+    import dis
+
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _code_names(const)
     return names
 
 
-def _needed_globals(module, wanted) -> set[str]:
-    """Global names the wanted functions/classes use but the module does not define."""
-    names = set()
-    for name in wanted:
-        obj = getattr(module, name, None)
-        objs = [obj]
-        if isinstance(obj, type):
-            objs = [v for v in vars(obj).values()]
-        for o in objs:
-            code = getattr(getattr(o, "__func__", o), "__code__", None)
-            if code is not None:
-                names |= _code_names(code)
+def _object_codes(obj) -> list:
+    objs = list(vars(obj).values()) if isinstance(obj, type) else [obj]
+    codes = []
+    for o in objs:
+        code = getattr(getattr(o, "__func__", o), "__code__", None)
+        if code is not None:
+            codes.append(code)
+    return codes
+
+
+def _needed_globals(module, wanted, filename: str) -> set[str]:
+    """Global names the wanted functions/classes, and the notebook's own functions they call, use
+    but the module does not define."""
+    seen, todo, names = set(), list(wanted), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for code in _object_codes(getattr(module, name, None)):
+            if code.co_filename != filename:
+                continue  # imported, not written in the notebook
+            used = _code_names(code)
+            names |= used
+            todo.extend(n for n in used if n in vars(module) and n not in seen)
     return {n for n in names if n not in vars(module) and not hasattr(builtins, n)}
 
 
@@ -142,7 +158,22 @@ def load(notebook: Path, wanted: tuple[str, ...]):
     module.__file__ = str(notebook)
     sys.modules[name] = module
     notes, skipped = [], []
-    tree = ast.parse(definitions_source(notebook))
+    try:
+        source = definitions_source(notebook)
+    except SyntaxError as exc:  # name the cell as Jupyter numbers code cells, like the notebook check
+        import re
+
+        import nbformat
+
+        match = re.search(r"at index (\d+)", str(exc))
+        if not match:
+            raise
+        cells = nbformat.read(str(notebook), as_version=4).cells
+        index = int(match.group(1))
+        number = sum(c.cell_type == "code" for c in cells[: index + 1])
+        raise SyntaxError(f"{notebook.name}, code cell {number} (cell index {index}): "
+                          f"{str(exc).split(': ', 2)[-1]}") from None
+    tree = ast.parse(source)
     for node in tree.body:
         code = compile(ast.Module(body=[node], type_ignores=[]), f"<{notebook.name} definitions>", "exec")
         try:
@@ -153,7 +184,7 @@ def load(notebook: Path, wanted: tuple[str, ...]):
             skipped.append(f"`{ast.unparse(node)[:80]}` ({type(exc).__name__}: {exc})")
     # Top-level assignments the definitions need (e.g. `device = torch.device(...)`) are not
     # definitions for nbdefs; run exactly those statements from the notebook, nothing else.
-    missing = _needed_globals(module, [w for w in wanted if hasattr(module, w)])
+    missing = _needed_globals(module, [w for w in wanted if hasattr(module, w)], f"<{notebook.name} definitions>")
     if missing:
         import nbformat
 
@@ -171,8 +202,12 @@ def load(notebook: Path, wanted: tuple[str, ...]):
                 names = {t.id for t in targets if isinstance(t, ast.Name)}
                 if names & missing:
                     source = ast.unparse(node)
-                    exec(compile(ast.Module(body=[node], type_ignores=[]), f"<{notebook.name} definitions>",
-                                 "exec"), vars(module))
+                    try:
+                        exec(compile(ast.Module(body=[node], type_ignores=[]), f"<{notebook.name} definitions>",
+                                     "exec"), vars(module))
+                    except Exception as exc:  # noqa: BLE001 - reported; the check using it will fail
+                        skipped.append(f"`{source[:80]}` ({type(exc).__name__}: {exc})")
+                        continue
                     notes.append(source)
                     missing -= names
     absent = [w for w in wanted if not hasattr(module, w)]

@@ -26,7 +26,7 @@ from grading.worker import load
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 NAMES = ["correct", "no_activation_derivative", "updates_weights", "forgets_weight_decay",
-         "raises_halfway", "malicious", "infinite_loop"]
+         "raises_halfway", "malicious", "syntax_error", "infinite_loop"]
 BACKPROP = ["backprop_toy", "backprop_mnist", "backprop_batch", "backprop_activations", "backprop_deep"]
 MANUAL = [f"manual_{case}" for case in sgd_check.CASES]
 ESCAPE = Path("/tmp/inf265-grading-escape.txt")  # what the malicious fixture tries to write
@@ -153,6 +153,20 @@ def test_infinite_loop_is_stopped_at_the_limit(graded):
     assert report["seconds"] < 60
 
 
+def test_syntax_error_and_missing_notebook(graded):
+    report = graded["reports"]["syntax_error"]
+    status, checks = _status(report), _checks(report)
+    assert status["load_backpropagation"] == "error"
+    assert "SyntaxError: backpropagation.ipynb, code cell 3 (cell index 4): expected ':'" in \
+        checks["load_backpropagation"]["message"]
+    assert all(status[c] == "skipped" for c in BACKPROP)
+    nb = checks["notebook_backpropagation"]
+    assert nb["status"] == "error" and nb["details"]["cell"] == 3 and "SyntaxError" in nb["message"]
+    for check in rubric_mod.SGD_CHECKS + ("notebook_gradient_descent",):
+        assert status[check] == "fail" and "gradient_descent.ipynb is missing" in checks[check]["message"]
+    assert report["score"] == 0
+
+
 def test_malicious_notebook_cannot_escape(graded):
     report = graded["reports"]["malicious"]
     checks = _checks(report)
@@ -182,12 +196,23 @@ def test_reports_written_outside_the_submissions_which_stay_unchanged(graded):
 
 # ------------------------------------------------------------------------------- command line
 
+def test_existing_folder_that_is_not_a_report_is_not_replaced(tmp_path):
+    (tmp_path / "correct").mkdir()
+    keep = tmp_path / "correct" / "notes.txt"
+    keep.write_text("instructor's notes")
+    run = subprocess.run(_grade_cmd(FIXTURES / "correct", "--out", tmp_path), cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "is not a grading report folder" in run.stderr, run.stderr
+    assert keep.read_text() == "instructor's notes"
+
+
 @pytest.mark.parametrize("args, message", [
     (["tests/fixtures/does-not-exist"], "does not exist"),
     (["tests/test_grading.py"], "is not a folder"),
     (["tests"], "holds neither backpropagation.ipynb nor gradient_descent.ipynb"),
     (["tests/fixtures/correct", "--out", "tests/fixtures/correct/out"], "never writes into a submission"),
     (["tests/fixtures/correct", "--timeout", "0"], "--timeout must be a positive number"),
+    (["tests/fixtures/correct", "--rubric", "nowhere.toml"], "rubric file nowhere.toml not found"),
 ])
 def test_command_line_errors(args, message):
     run = subprocess.run(_grade_cmd(*args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
@@ -328,3 +353,28 @@ def test_sgd_check_catches_a_train_without_zero_grad(correct_gd):
     passed, message, _ = sgd_check.check_train(correct_gd.MyMLP, train)
     assert passed is False and "not zeroed" in message
     assert sgd_check.check_train(correct_gd.MyMLP, correct_gd.train)[0] is True
+
+
+# ------------------------------------------------------------------------------- nbval sanitizer
+
+def test_instructor_sanitizer_makes_machine_specific_outputs_equal():
+    import configparser
+    import re
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "grading" / "nbval_sanitize.cfg")
+    rules = [(re.compile(cfg[s]["regex"]), cfg[s]["replace"]) for s in cfg.sections()]
+
+    def clean(text):
+        for regex, replace in rules:
+            text = regex.sub(replace, text)
+        return text
+
+    student = ("Training on device cuda:0. Saved /home/ola/inf265/results/loss.png in 12.3 s, "
+               "<Figure at 0x7f3a2b1c9d80>, 2025-09-14 10:31:02, File /tmp/ipykernel_77/2726715026.py")
+    instructor = ("Training on device cpu. Saved /work/main/grading-out/x/results/loss.png in 3 s, "
+                  "<Figure at 0x55d1e2f3a4b0>, 2026-11-23 14:20:00, File /tmp/ipykernel_12/1150337701.py")
+    assert clean(student) == clean(instructor)
+    # what is graded is left alone: numbers, accuracies, losses
+    assert clean("test accuracy 0.873, loss 0.31542") == "test accuracy 0.873, loss 0.31542"
+    assert clean("identical: True, 5 / 5") == "identical: True, 5 / 5"
