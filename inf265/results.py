@@ -6,6 +6,7 @@ software/date metadata), so re-running a notebook on the same data rewrites iden
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -37,9 +38,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
+def _finite(obj):
+    """NaN/inf (e.g. a precision of 0/0) become null: JSON has no NaN, and Typst rejects it."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def save_json(name: str, obj, folder: Path = RESULTS) -> Path:
     """Save ``obj`` as ``results/<name>`` (pretty, sorted keys, trailing newline)."""
-    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
     return atomic_write_bytes(Path(folder) / name, text.encode("utf-8"))
 
 
