@@ -18,6 +18,7 @@ export DATA_DIR PYTHON
 # Execution order matters: later notebooks and the report read earlier results.
 NOTEBOOKS  := backpropagation.ipynb gradient_descent.ipynb toy_problems.ipynb
 PYTEST_ARGS ?=
+GRADE_ARGS ?=
 
 .PHONY: run test unit nbval bench report grade data venv clean-venv
 
@@ -54,7 +55,7 @@ report: venv
 
 grade: venv
 	@test -n "$(SUBMISSION)" || { echo "usage: make grade SUBMISSION=path/to/student/folder" >&2; exit 2; }
-	@$(PY) -m grading "$(SUBMISSION)"
+	@$(PY) -m grading "$(SUBMISSION)" $(GRADE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -168,6 +167,3 @@ def kill_group(pgid: int) -> None:
     except (ProcessLookupError, PermissionError):
         pass
 
-
-def python() -> str:
-    return sys.executable

@@ -148,40 +148,12 @@ def _needed_globals(module, wanted, filename: str) -> set[str]:
 
 def load(notebook: Path, wanted: tuple[str, ...]):
     """The student's module (definitions only) and a message; raises with a clear message."""
-    from inf265.nbdefs import _clean, definitions_source
+    from inf265.nbdefs import _clean, load_definitions
 
-    # inf265.nbdefs.load_definitions, one statement at a time: a kept top-level assignment that
-    # needs something the notebook computes (`keep = (targets == 1)`) is skipped and noted
-    # instead of hiding every definition after it.
-    name = f"student_{notebook.stem}"
-    module = types.ModuleType(name)
-    module.__file__ = str(notebook)
-    sys.modules[name] = module
-    notes, skipped = [], []
-    try:
-        source = definitions_source(notebook)
-    except SyntaxError as exc:  # name the cell as Jupyter numbers code cells, like the notebook check
-        import re
-
-        import nbformat
-
-        match = re.search(r"at index (\d+)", str(exc))
-        if not match:
-            raise
-        cells = nbformat.read(str(notebook), as_version=4).cells
-        index = int(match.group(1))
-        number = sum(c.cell_type == "code" for c in cells[: index + 1])
-        raise SyntaxError(f"{notebook.name}, code cell {number} (cell index {index}): "
-                          f"{str(exc).split(': ', 2)[-1]}") from None
-    tree = ast.parse(source)
-    for node in tree.body:
-        code = compile(ast.Module(body=[node], type_ignores=[]), f"<{notebook.name} definitions>", "exec")
-        try:
-            exec(code, vars(module))
-        except Exception as exc:  # noqa: BLE001
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
-                raise
-            skipped.append(f"`{ast.unparse(node)[:80]}` ({type(exc).__name__}: {exc})")
+    # A kept top-level assignment that needs something the notebook computes
+    # (`keep = (targets == 1)`) is skipped and noted by nbdefs instead of hiding every definition.
+    module = load_definitions(notebook, name=f"student_{notebook.stem}")
+    notes, skipped = [], list(module.__nbdefs_skipped__)
     # Top-level assignments the definitions need (e.g. `device = torch.device(...)`) are not
     # definitions for nbdefs; run exactly those statements from the notebook, nothing else.
     missing = _needed_globals(module, [w for w in wanted if hasattr(module, w)], f"<{notebook.name} definitions>")

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from grading import rubric as rubric_mod
 from grading import sgd_check

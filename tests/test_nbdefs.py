@@ -31,5 +31,12 @@ def test_markers(tmp_path):
 
 def test_syntax_error_names_the_cell(tmp_path):
     path = _nb(tmp_path, "x = 1", "def broken(:\n    pass")
-    with pytest.raises(SyntaxError, match="code cell at index 1"):
+    with pytest.raises(SyntaxError, match=r"code cell 2 \(cell index 1\)"):
         load_definitions(path)
+
+
+def test_a_statement_needing_computed_data_is_skipped_not_fatal(tmp_path):
+    path = _nb(tmp_path, "import math", "targets = load()\nkeep = (targets == 1)", "def f():\n    return math.pi")
+    mod = load_definitions(path)
+    assert mod.f() == mod.math.pi
+    assert len(mod.__nbdefs_skipped__) == 1 and "NameError" in mod.__nbdefs_skipped__[0]
