@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from inf265.data import data_dir
 
@@ -19,3 +20,15 @@ def shared_data() -> Path:
 def offline(monkeypatch):
     """No download is attempted in this test."""
     monkeypatch.setenv("INF265_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def float64():
+    """The project's dtype (torch.double) for one test module; other modules keep theirs.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("float64")``.
+    """
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -24,13 +24,7 @@ NB = load_definitions(ROOT / "backpropagation.ipynb")
 MyNet, backpropagation = NB.MyNet, NB.backpropagation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def float64():
-    """The project's dtype for these tests only (other test modules keep theirs)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def run(fn, model=None, **kwargs):
