@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 from . import ROOT
@@ -30,7 +31,9 @@ def execute(path: Path, timeout: int = 1800, kernel: str = "python3") -> None:
     """Execute ``path`` in place; raise RuntimeError naming the failing cell otherwise."""
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
+    # log_level=ERROR: ipykernel 7 warns about local TCP on every start; errors still show.
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, record_timing=False,
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
                             resources={"metadata": {"path": str(path.resolve().parent)}})
     failed = {}
 
@@ -50,6 +53,8 @@ def execute(path: Path, timeout: int = 1800, kernel: str = "python3") -> None:
                            f"{path.name} was left unchanged.") from None
     # Execution-only metadata would make every run differ; keep the notebook as authored.
     nb.metadata.pop("widgets", None)
+    # How a cell's printing is split into stream chunks depends on flush timing: merge them.
+    nb, _ = CoalesceStreamsPreprocessor().preprocess(nb, {})
     atomic_write_bytes(path, nbformat.writes(nb).encode("utf-8") + b"\n")
 
 
