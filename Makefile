@@ -14,6 +14,9 @@ PYTHON     ?= python3
 PY         := $(VENV)/bin/python
 DATA_DIR   ?= data
 export DATA_DIR PYTHON
+# Notebook kernels must use matplotlib's inline backend (figures are part of the outputs nbval
+# compares); an MPLBACKEND from the caller's environment (e.g. Agg) would override it.
+unexport MPLBACKEND
 
 # Execution order matters: later notebooks and the report read earlier results.
 NOTEBOOKS  := backpropagation.ipynb gradient_descent.ipynb toy_problems.ipynb
