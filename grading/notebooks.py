@@ -17,6 +17,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from grading.guard import ROOTS_ENV
+from inf265.execute import code_cell_number
 from grading.sandbox import KERNEL_ROOTS_ENV
 
 
@@ -71,7 +72,7 @@ def execute(path: Path, cell_timeout: float, out_nb: Path, pid_file: Path) -> di
     result = {"status": status, "message": message, "code_cells": len(code)}
     cell = current.get("cell")
     if status != "pass" and cell is not None:
-        number = code.index(cell) + 1 if cell in code else None
+        number = code_cell_number(nb, cell)
         result.update({"cell": number, "cell_index": current.get("index"),
                        "cell_source": "\n".join(cell.source.splitlines()[:6]),
                        "cells_not_run": len(code) - number if number else None})

@@ -22,9 +22,10 @@ from . import ROOT
 from .results import atomic_write_bytes
 
 
-def _cell_number(nb, cell) -> int:
+def code_cell_number(nb, cell) -> int | None:
+    """The cell's number among the code cells, from 1, as Jupyter users count them (None if absent)."""
     code = [c for c in nb.cells if c.cell_type == "code"]
-    return code.index(cell) + 1 if cell in code else -1
+    return code.index(cell) + 1 if cell in code else None
 
 
 def execute(path: Path, timeout: int = 1800, kernel: str = "python3") -> None:
@@ -45,7 +46,7 @@ def execute(path: Path, timeout: int = 1800, kernel: str = "python3") -> None:
         client.execute()
     except (CellExecutionError, CellTimeoutError) as exc:
         cell = failed.get("cell")
-        where = f"code cell {_cell_number(nb, cell)} (cell index {failed.get('index')})" if cell else "a cell"
+        where = f"code cell {code_cell_number(nb, cell)} (cell index {failed.get('index')})" if cell else "a cell"
         first = "\n".join(cell.source.splitlines()[:3]) if cell else ""
         summary = str(exc).strip().splitlines()
         last = next((l for l in reversed(summary) if l.strip()), "")
