@@ -3,32 +3,47 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-from cycler import cycler
 
-from . import plotting  # shared rcParams and learning_curves
+from . import plotting  # shared rcParams and the grid of curves
 
 
-def learning_curves(histories: dict[str, dict[str, list[float]]]):
-    """Training loss and validation accuracy per epoch, one line per configuration.
+# Line styles of the learning curves: a colour and a marker per configuration label, the line
+# style by learning rate, and markers staggered along each curve, so that curves lying on top of
+# each other stay visible.
+_COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+_LINESTYLES = ["-", "--", ":", "-."]
 
-    :func:`inf265.plotting.learning_curves` with up to 20 distinct colours (and line styles) and
-    the legend outside the panels, so that a dozen configurations stay readable.
+
+def curve_styles(configs: list[dict]) -> dict[str, dict]:
+    """Matplotlib line properties of each ``"lr=.., wd=.."`` label of ``configs``, distinct per label."""
+    lrs = sorted({c["lr"] for c in configs})
+    labels = {}
+    for c in sorted(configs, key=lambda c: (c["lr"], c["weight_decay"])):
+        labels.setdefault(f"lr={c['lr']:g}, wd={c['weight_decay']:g}", c["lr"])
+    return {label: {"color": _COLOURS[i % len(_COLOURS)], "marker": _MARKERS[i % len(_MARKERS)],
+                    "linestyle": _LINESTYLES[lrs.index(lr) % len(_LINESTYLES)], "markersize": 4,
+                    "linewidth": 1.4, "markevery": (i % 5, 5)}
+            for i, (label, lr) in enumerate(labels.items())}
+
+
+def learning_curves(configs: list[dict], histories: dict[str, dict[str, list[float]]]):
+    """Training loss (top) and validation accuracy (bottom) per epoch, one column per momentum value.
+
+    ``configs`` are dicts with ``name``, ``lr``, ``momentum`` and ``weight_decay``;
+    ``histories[name]`` has ``train_loss`` and ``val_acc`` per epoch.
     """
-    styles = cycler(color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2]) + \
-        cycler(linestyle=["-"] * 10 + ["--"] * 10)
-    with plt.rc_context({"axes.prop_cycle": styles}):
-        fig = plotting.learning_curves(histories)
-    fig.set_size_inches(13, 4)
-    axes = fig.axes
-    axes[-1].get_legend().remove()
-    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
-    return fig
+    styles = curve_styles(configs)
+    panels = {}
+    for mom in sorted({c["momentum"] for c in configs}):
+        panels[f"momentum {mom:g}"] = {f"lr={c['lr']:g}, wd={c['weight_decay']:g}": histories[c["name"]]
+                                       for c in configs if c["momentum"] == mom}
+    return plotting.curve_grid(panels, styles)
 
 
 def class_counts(counts: dict[str, list[int]], classes: list[str], highlight=()):
     """Grouped bars: number of images of each class in each split (``counts[split][class]``)."""
-    fig, ax = plt.subplots(figsize=(10, 3.8))
+    fig, ax = plt.subplots(figsize=(8, 3.2))
     x = np.arange(len(classes))
     width = 0.8 / len(counts)
     for i, (split, values) in enumerate(counts.items()):
@@ -42,19 +57,20 @@ def class_counts(counts: dict[str, list[int]], classes: list[str], highlight=())
     return fig
 
 
-def examples(images: np.ndarray, targets, classes: list[str], per_class: int = 8):
-    """A grid with the first ``per_class`` images (N, 32, 32, 3 uint8) of every class, one row each."""
+def examples(images: np.ndarray, targets, classes: list[str], per_class: int = 3):
+    """A grid with the first ``per_class`` images (N, 32, 32, 3 uint8) of every class, one column each."""
     targets = np.asarray(targets)
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95))
-    for row, name in enumerate(classes):
-        idx = np.flatnonzero(targets == row)[:per_class]
-        for col in range(per_class):
+    fig, axes = plt.subplots(per_class, len(classes), figsize=(len(classes) * 0.8, per_class * 0.8 + 0.3),
+                             squeeze=False)
+    for col, name in enumerate(classes):
+        idx = np.flatnonzero(targets == col)[:per_class]
+        axes[0, col].set_title(name, fontsize=9)
+        for row in range(per_class):
             ax = axes[row, col]
             ax.axis("off")
-            if col < len(idx):
-                ax.imshow(images[idx[col]], interpolation="nearest")
-        axes[row, 0].text(-4, 16, name, ha="right", va="center", fontsize=9)
-    fig.subplots_adjust(left=0.15, wspace=0.05, hspace=0.05)
+            if row < len(idx):
+                ax.imshow(images[idx[row]], interpolation="nearest")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.05)
     return fig
 
 
@@ -77,22 +93,36 @@ def confusion_matrix(matrix, classes: list[str], title: str = "test set"):
     return fig
 
 
-def misclassified(images: np.ndarray, true, probs, classes: list[str], n: int = 16, ncols: int = 8):
-    """The ``n`` most confident errors: image, true class, predicted class and its probability.
+def most_confident(probs, n: int) -> np.ndarray:
+    """Indices of the ``n`` rows of ``probs`` (N, C) with the highest top probability, highest first."""
+    probs = np.asarray(probs)
+    return np.argsort(-probs.max(axis=1), kind="stable")[:n]
 
-    ``images`` (N, H, W, 3) uint8, ``true`` (N,) labels, ``probs`` (N, C) predicted probabilities,
-    all restricted to the misclassified items.
+
+def misclassified(originals: np.ndarray, seen: np.ndarray, true, probs, classes: list[str], n: int = 12,
+                  ncols: int = 4):
+    """The ``n`` most confident errors, each as a pair: the original image and the input the model saw.
+
+    ``originals`` (N, H, W, 3) uint8 (CIFAR-10's 32x32), ``seen`` (N, h, w, 3) floats in [0, 1]
+    (the model's 16x16 input, un-normalised for display), ``true`` (N,) labels and ``probs``
+    (N, C) predicted probabilities, all restricted to the misclassified items.
     """
     probs = np.asarray(probs)
-    order = np.argsort(-probs.max(axis=1), kind="stable")[:n]
+    order = most_confident(probs, n)
     nrows = max(1, -(-len(order) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 1.3, nrows * 1.85), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, order):
+    ratios = [r for j in range(ncols) for r in ([1, 1, 0.4] if j < ncols - 1 else [1, 1])]
+    fig = plt.figure(figsize=(8, 1.45 * nrows + 0.3))
+    grid = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios, wspace=0.06, hspace=0.7)
+    for k, i in enumerate(order):
+        row, col = divmod(k, ncols)
         pred = int(probs[i].argmax())
-        ax.imshow(images[i], interpolation="nearest")
-        ax.set_title(f"true {classes[int(true[i])]}\npred {classes[pred]} {probs[i, pred]:.2f}", fontsize=7)
-    fig.suptitle("most confident test errors (predicted probability)", fontsize=9)
-    fig.tight_layout()
+        pair = [fig.add_subplot(grid[row, 3 * col + j]) for j in (0, 1)]
+        for ax, img in zip(pair, (originals[i], seen[i])):
+            ax.imshow(img, interpolation="nearest")
+            ax.set_title(f"{img.shape[0]}×{img.shape[1]}", fontsize=7, pad=2)
+            ax.axis("off")
+        pair[0].text(1.03, 1.22, f"true: {classes[int(true[i])]}\npred.: {classes[pred]} {probs[i, pred]:.2f}",
+                     transform=pair[0].transAxes, ha="center", va="bottom", fontsize=8)
+    fig.suptitle("Most confident test errors: the original (left) and the 16×16 input the model saw (right)",
+                 fontsize=9.5)
     return fig

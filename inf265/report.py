@@ -5,7 +5,9 @@
 The PDF is written through a temporary file: a failed compile leaves the previous PDF in place.
 
 The results must exist first: a missing one stops the build with a message naming the notebook
-that writes it (``make run`` executes the notebooks, then builds the report).
+that writes it (``make run`` executes the notebooks, then builds the report). The authors' names,
+the division of labour and the collaboration statement come from ``report/authors.toml``; a
+missing or incomplete file stops the build with a message saying what to fill in.
 
 Only the fonts embedded in the Typst compiler are used and the document carries no date, so the
 same results give the same PDF bytes on any machine.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 import typst
@@ -23,6 +26,8 @@ from .results import atomic_write_bytes
 
 SOURCE = ROOT / "report" / "report.typ"
 PDF = ROOT / "report" / "report.pdf"
+# Beside report.typ: the authors, the division of labour and the collaboration statement.
+AUTHORS = "authors.toml"
 
 # Results files the report reads, relative to the root, and the notebook that writes each one.
 # The figures of gradient_descent.json are listed in its "figures" entry and checked from there.
@@ -54,6 +59,30 @@ def missing_results(root: Path = ROOT) -> list[str]:
     return missing
 
 
+def authors_problems(path: Path) -> list[str]:
+    """What is missing from ``authors.toml`` (the report needs names, division of labour, collaboration)."""
+    path = Path(path)
+    if not path.is_file():
+        return [f"report/{path.name} is missing: it gives the authors' names, the division of labour "
+                "and the collaboration statement"]
+    try:
+        team = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        return [f"report/{path.name} is not valid TOML ({exc})"]
+    problems = []
+    authors = team.get("authors")
+    if not isinstance(authors, list) or not authors or not all(
+            isinstance(a, dict) and str(a.get("name", "")).strip() for a in authors):
+        problems.append("[[authors]] entries, each with a name")
+    statement = team.get("statement") if isinstance(team.get("statement"), dict) else {}
+    for key in ("division", "collaboration"):
+        if not str(statement.get(key, "")).strip():
+            problems.append(f"[statement] {key} = \"...\"")
+    if not str(team.get("kind", "")).strip():
+        problems.append('kind = "..." (shown under the names on page 1)')
+    return [f"report/{path.name} needs {p}" for p in problems]
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
@@ -78,6 +107,9 @@ def compile_pdf(source: Path = SOURCE, root: Path = ROOT) -> bytes:
     if missing:
         raise ReportError("the report needs results that are missing:\n  " + "\n  ".join(missing)
                           + "\nrun the notebooks first: make run (offline: make run DATA_DIR=../shared/data)")
+    problems = authors_problems(Path(source).parent / AUTHORS)
+    if problems:
+        raise ReportError("\n".join(problems))
     try:
         return typst.compile(str(source), root=str(root), ignore_system_fonts=True,
                              sys_inputs=optional_inputs(root))

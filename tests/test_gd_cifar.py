@@ -1,7 +1,10 @@
-"""inf265.cifar: split, class selection, preprocessing once, loaders, metrics; and the exported results."""
-import json
-import math
+"""gradient_descent.ipynb's data preparation and evaluation, its figures, and its exported results.
 
+The functions are the notebook's own (``inf265.nbdefs.load_definitions``), never copies.
+"""
+import json
+
+import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -11,47 +14,85 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 
-from inf265 import ROOT, cifar
+from inf265 import ROOT, cifar_figures
 from inf265.data import get_cifar10
+from inf265.nbdefs import load_definitions
+
+matplotlib.use("Agg")
+
+NOTEBOOK = ROOT / "gradient_descent.ipynb"
+
+
+@pytest.fixture(scope="module")
+def nb():
+    return load_definitions(NOTEBOOK)
+
+
+@pytest.fixture(scope="module")
+def cifar(shared_data):
+    return get_cifar10(True, root=shared_data, verbose=False), get_cifar10(False, root=shared_data, verbose=False)
+
+
+# ------------------------------------------------------------------------------------------- split
 
 
 @settings(max_examples=50, deadline=None)
 @given(labels=st.lists(st.integers(0, 4), min_size=2, max_size=300), frac=st.floats(0.05, 0.95),
        seed=st.integers(0, 1000))
-def test_stratified_split_partitions_and_keeps_proportions(labels, frac, seed):
+def test_stratified_split_partitions_and_keeps_proportions(nb, labels, frac, seed):
     y = torch.tensor(labels)
-    train, val = cifar.stratified_split(y, frac, seed)
+    train, val = nb.stratified_split(y, frac, seed)
     both = torch.cat([train, val])
     assert sorted(both.tolist()) == list(range(len(y))), "not a partition of the indices"
+    assert train.tolist() == sorted(train.tolist()) and val.tolist() == sorted(val.tolist())
     for c in set(labels):
         n_c = labels.count(c)
         assert int((y[val] == c).sum()) == round(frac * n_c)
-    again = cifar.stratified_split(y, frac, seed)
+    again = nb.stratified_split(y, frac, seed)
     assert torch.equal(again[0], train) and torch.equal(again[1], val), "same seed, different split"
 
 
-def test_stratified_split_depends_on_seed_and_rejects_bad_input():
+def test_stratified_split_depends_on_seed_and_rejects_bad_input(nb):
     y = torch.arange(1000) % 10
-    assert not torch.equal(cifar.stratified_split(y, 0.2, 0)[1], cifar.stratified_split(y, 0.2, 1)[1])
+    assert not torch.equal(nb.stratified_split(y, 0.2, 0)[1], nb.stratified_split(y, 0.2, 1)[1])
     for bad in (0, 1, -0.1, 1.5):
         with pytest.raises(ValueError, match="val_fraction"):
-            cifar.stratified_split(y, bad, 0)
+            nb.stratified_split(y, bad, 0)
     with pytest.raises(ValueError, match="targets"):
-        cifar.stratified_split([], 0.2, 0)
+        nb.stratified_split([], 0.2, 0)
 
 
-def test_select_classes_relabels_in_keep_order():
+# ------------------------------------------------------------------------------ class selection
+
+
+def test_select_classes_relabels_in_keep_order(nb):
     x = torch.arange(8).reshape(8, 1)
     y = torch.tensor([3, 1, 0, 3, 9, 1, 1, 3])
-    xs, ys = cifar.select_classes(x, y, keep=(1, 3))
+    xs, ys = nb.select_classes(x, y, (1, 3))
     assert xs.flatten().tolist() == [0, 1, 3, 5, 6, 7]
-    assert ys.tolist() == [1, 0, 1, 0, 0, 1]
+    assert ys.tolist() == [1, 0, 1, 0, 0, 1] and ys.dtype == torch.long
+    xs, ys = nb.select_classes(x, y.tolist(), (3, 1))  # a list of labels, the other order
+    assert ys.tolist() == [0, 1, 0, 1, 1, 0]
 
 
-def test_batched_resize_matches_the_per_image_pil_pipeline(shared_data):
-    ds = get_cifar10(True, root=shared_data, verbose=False)
-    imgs = cifar.images_as_tensor(ds)[:64]
-    ours = cifar.resize_to_double(imgs, 16)
+def test_notebook_keeps_automobile_as_0_and_cat_as_1(nb, cifar):
+    train, _ = cifar
+    assert [train.classes[c] for c in nb.KEEP] == ["automobile", "cat"]
+
+
+def test_class_counts(nb):
+    assert nb.class_counts([2, 0, 2, 2], 4) == [1, 0, 3, 0]
+    assert nb.class_counts(torch.tensor([1, 1]), 2) == [0, 2]
+
+
+# ------------------------------------------------------------------------- resize and normalise
+
+
+def test_resize_matches_the_per_image_pil_pipeline(nb, cifar):
+    ds, _ = cifar
+    imgs = nb.as_tensor_images(ds)[:64]
+    assert imgs.shape == (64, 3, 32, 32) and imgs.dtype == torch.uint8
+    ours = nb.resize(imgs, 16)
     pil = transforms.Compose([transforms.Resize(16), transforms.ToTensor()])
     ref = torch.stack([pil(Image.fromarray(ds.data[i])) for i in range(64)]).double()
     assert ours.shape == (64, 3, 16, 16) and ours.dtype == torch.double
@@ -60,68 +101,111 @@ def test_batched_resize_matches_the_per_image_pil_pipeline(shared_data):
     assert (ours - ref).abs().max() <= 1.5 / 255
 
 
-def test_load_cat_car_on_the_data(shared_data):
-    train = get_cifar10(True, root=shared_data, verbose=False)
-    test = get_cifar10(False, root=shared_data, verbose=False)
-    d = cifar.load_cat_car(datasets=(train, test))
-    assert d.classes == ["automobile", "cat"]
-    n_train_cc = sum(t in (1, 3) for t in train.targets)
-    n_test_cc = sum(t in (1, 3) for t in test.targets)
-    assert len(d.y_train) + len(d.y_val) == n_train_cc and len(d.y_test) == n_test_cc
-    assert len(d.y_val) == round(0.2 * train.targets.count(1)) + round(0.2 * train.targets.count(3))
-    assert d.x_train.shape[1:] == (3, 16, 16) and d.x_train.dtype == torch.double
-    # normalised with the training statistics: mean 0 and std 1 on training, not exactly on test
-    torch.testing.assert_close(d.x_train.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=torch.double), atol=1e-10, rtol=0)
-    torch.testing.assert_close(d.x_train.std(dim=(0, 2, 3)), torch.ones(3, dtype=torch.double), atol=1e-10, rtol=0)
-    assert d.x_test.mean(dim=(0, 2, 3)).abs().max() > 1e-6
-    assert set(d.y_train.tolist()) == {0, 1}
-    assert d.counts["test"] == cifar.class_counts(test.targets, 10)
-    # the test set keeps the dataset order: label 0 where CIFAR-10 says automobile
-    expected = [0 if t == 1 else 1 for t in test.targets if t in (1, 3)]
-    assert d.y_test.tolist() == expected
+def test_normalise_uses_the_training_statistics_only(nb):
+    gen = torch.Generator().manual_seed(0)
+    x_train = torch.rand(50, 3, 4, 4, generator=gen, dtype=torch.double) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)
+    x_other = torch.rand(20, 3, 4, 4, generator=gen, dtype=torch.double) + 5
+    (a, b), mean, std = nb.normalise(x_train, x_other)
+    torch.testing.assert_close(a.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=torch.double), atol=1e-12, rtol=0)
+    torch.testing.assert_close(a.std(dim=(0, 2, 3)), torch.ones(3, dtype=torch.double), atol=1e-12, rtol=0)
+    m = torch.tensor(mean, dtype=torch.double).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.double).view(1, 3, 1, 1)
+    torch.testing.assert_close(b, (x_other - m) / s, atol=1e-12, rtol=0)
+    assert b.mean() > 1, "the other set must keep its own offset (normalised with the training statistics)"
 
 
-def test_tensor_loader_order_is_seeded_and_matches_dataloader():
+# ------------------------------------------------------------------------------------- loaders
+
+
+def test_make_loader_is_seeded_and_reshuffles_every_epoch(nb):
     x = torch.arange(50).double().reshape(50, 1)
     y = torch.arange(50)
-    loader = cifar.tensor_loader(x, y, 8, True, 7)
+    loader = nb.make_loader(x, y, 8, 7)
     epochs = [[yb.tolist() for _, yb in loader] for _ in range(2)]
     assert epochs[0] != epochs[1], "the order must be redrawn every epoch"
     assert sorted(sum(epochs[0], [])) == list(range(50)) and [len(b) for b in epochs[0]][-1] == 2
-    assert epochs[0] == [yb.tolist() for _, yb in cifar.tensor_loader(x, y, 8, True, 7)]
-    ref = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(7))
-    assert [yb.tolist() for _, yb in ref] == epochs[0]
-    plain = [yb.tolist() for _, yb in cifar.tensor_loader(x, y, 20)]
-    assert plain == [list(range(20)), list(range(20, 40)), list(range(40, 50))]
-    with pytest.raises(ValueError, match="seed"):
-        cifar.tensor_loader(x, y, 8, shuffle=True)
-    with pytest.raises(ValueError, match="batch_size"):
-        cifar.tensor_loader(x, y, 0)
-    with pytest.raises(ValueError, match="length"):
-        cifar.tensor_loader(x, y[:3], 8)
+    twin = nb.make_loader(x, y, 8, 7)
+    assert [[yb.tolist() for _, yb in twin] for _ in range(2)] == epochs, "same seed, different batches"
+    assert [yb.tolist() for _, yb in nb.make_loader(x, y, 8, 8)] != epochs[0]
+    for xb, yb in nb.make_loader(x, y, 8, 7):
+        assert torch.equal(xb.flatten().long(), yb), "images and labels must stay paired"
 
 
-def test_confusion_matrix_precision_recall():
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def test_accuracy_and_probabilities(nb):
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([x[:, 0], -x[:, 0]], dim=1)
+
+    x = torch.tensor([[1.0], [-2.0], [3.0], [-0.5]], dtype=torch.double)
+    probs = nb.predict_proba(Fixed(), x)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(4, dtype=torch.double))
+    assert probs.argmax(dim=1).tolist() == [0, 1, 0, 1]
+    assert nb.accuracy(Fixed(), x, torch.tensor([0, 1, 1, 1])) == 0.75
+
+
+def test_confusion_matrix_precision_recall(nb):
     true = [0, 0, 0, 1, 1, 1, 1]
     pred = [0, 1, 0, 1, 1, 0, 1]
-    m = cifar.confusion_matrix(true, pred, 2)
+    m = nb.confusion_matrix(true, pred, 2)
     assert m == [[2, 1], [1, 3]]
-    precision, recall = cifar.precision_recall(m, ["a", "b"])
-    assert precision == pytest.approx({"a": 2 / 3, "b": 3 / 4})
-    assert recall == pytest.approx({"a": 2 / 3, "b": 3 / 4})
+    precision, recall = nb.precision_recall([[2, 1], [0, 4]], ["a", "b"])
+    assert precision == pytest.approx({"a": 1.0, "b": 4 / 5})
+    assert recall == pytest.approx({"a": 2 / 3, "b": 1.0})
+    precision, _ = nb.precision_recall([[0, 1], [0, 4]], ["a", "b"])
+    assert np.isnan(precision["a"]), "0/0 precision must be NaN, not a number"
     with pytest.raises(ValueError, match="shape"):
-        cifar.confusion_matrix([0, 1], [0], 2)
+        nb.confusion_matrix([0, 1], [0], 2)
 
 
-def test_wilson_interval():
-    lo, hi = cifar.wilson_interval(0, 10)
+def test_wilson_interval(nb):
+    lo, hi = nb.wilson_interval(0, 10)
     assert lo == pytest.approx(0, abs=1e-12) and hi == pytest.approx(1.959964 ** 2 / (10 + 1.959964 ** 2), rel=1e-6)
-    lo, hi = cifar.wilson_interval(163, 197)
-    assert lo < 163 / 197 < hi and 0.05 < hi - lo < 0.15
-    lo99, hi99 = cifar.wilson_interval(163, 197, confidence=0.99)
+    # Textbook value (Newcombe 1998, 81/263): 0.2553 to 0.3662.
+    lo, hi = nb.wilson_interval(81, 263)
+    assert (round(lo, 4), round(hi, 4)) == (0.2553, 0.3662)
+    lo99, hi99 = nb.wilson_interval(81, 263, confidence=0.99)
     assert lo99 < lo and hi < hi99
     with pytest.raises(ValueError):
-        cifar.wilson_interval(5, 3)
+        nb.wilson_interval(5, 3)
+
+
+# --------------------------------------------------------------------------------------- figures
+
+
+def test_learning_curve_styles_are_distinct_and_shared_across_panels():
+    configs = [{"name": f"c{i}", "lr": lr, "momentum": mom, "weight_decay": wd}
+               for i, (lr, mom, wd) in enumerate([(0.01, m, w) for m in (0, 0.9, 0.8) for w in (0, 0.01, 0.001)]
+                                                 + [(0.05, 0, 0), (0.1, 0, 0)])]
+    styles = cifar_figures.curve_styles(configs)
+    assert len(styles) == 5
+    assert len({(s["color"], s["marker"], s["linestyle"]) for s in styles.values()}) == 5
+    assert len({s["color"] for s in styles.values()}) == 5, "colours repeat"
+    histories = {c["name"]: {"train_loss": [1.0, 0.5], "val_acc": [0.5, 0.6]} for c in configs}
+    fig = cifar_figures.learning_curves(configs, histories)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["momentum 0", "momentum 0.8", "momentum 0.9"]
+    assert sum(len(ax.lines) for ax in fig.axes) == 2 * len(configs), "one curve per configuration and row"
+    (legend,) = fig.legends
+    assert legend.get_texts()[0].get_fontsize() >= 8, "legend too small to read"
+    assert sorted(t.get_text() for t in legend.get_texts()) == sorted(styles)
+
+
+def test_misclassified_shows_the_original_beside_the_16x16_input():
+    originals = np.zeros((5, 32, 32, 3), dtype=np.uint8)
+    seen = np.ones((5, 16, 16, 3)) / 2
+    probs = np.array([[0.6, 0.4], [0.1, 0.9], [0.95, 0.05], [0.3, 0.7], [0.8, 0.2]])
+    fig = cifar_figures.misclassified(originals, seen, [1, 0, 1, 0, 1], probs, ["automobile", "cat"], n=3)
+    shapes = [ax.images[0].get_array().shape[:2] for ax in fig.axes]
+    assert shapes == [(32, 32), (16, 16)] * 3
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts[0].startswith("true: cat") and "automobile 0.95" in texts[0], "most confident error first"
+    assert cifar_figures.most_confident(probs, 2).tolist() == [2, 1]
+
+
+# ------------------------------------------------------------------------------ exported results
 
 
 def test_exported_results_are_consistent():
@@ -133,16 +217,22 @@ def test_exported_results_are_consistent():
     assert ds["classes"] == ["automobile", "cat"] and ds["source"] in ("CIFAR-10", "CIFAR-10 offline sample")
     assert ds["is_sample"] == (ds["source"] == "CIFAR-10 offline sample")
     assert ds["n_train"] + ds["n_val"] < ds["n_train_all_classes"] and ds["n_test"] < ds["n_test_all_classes"]
+    counts = ds["class_counts"]
+    assert ds["n_train"] == counts["train"]["automobile"] + counts["train"]["cat"]
+    assert ds["n_val"] == counts["val"]["automobile"] + counts["val"]["cat"]
+    assert sum(counts["train"].values()) + sum(counts["val"].values()) == ds["n_train_all_classes"]
     assert r["preprocessing"]["image_size"] == 16 and len(r["preprocessing"]["mean"]) == 3 == len(r["preprocessing"]["std"])
-    assert r["training"] == {"epochs": 30, "batch_size": 256, "seed": 42}
+    t = r["training"]
+    assert t["steps"] == t["epochs"] * -(-ds["n_train"] // t["batch_size"])
     configs = r["configurations"]
-    assert len(configs) >= 6 and len({c["name"] for c in configs}) == len(configs)
+    assert len(configs) >= 9 and len({c["name"] for c in configs}) == len(configs)
     for c in configs:
         assert 0 <= c["train_accuracy"] <= 1 and 0 <= c["val_accuracy"] <= 1 and c["final_train_loss"] > 0
+        assert c["manual_identical"] is True, f"{c['name']}: train_manual_update differs from train"
     best = max(c["val_accuracy"] for c in configs)
     sel = r["selected"]
     assert sel["val_accuracy"] == best
-    assert next(c for c in configs if c["name"] == sel["name"])["val_accuracy"] == best
+    assert next(c for c in configs if c["val_accuracy"] == best)["name"] == sel["name"], "ties go to the first"
     m = r["test_metrics"]["confusion_matrix"]
     n_test = r["test_metrics"]["n_test"]
     assert n_test == ds["n_test"] == sum(map(sum, m))
@@ -155,18 +245,3 @@ def test_exported_results_are_consistent():
     for key in ("class_counts", "examples", "learning_curves", "confusion_matrix", "misclassified"):
         png = ROOT / r["figures"][key]
         assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-
-
-def test_pil_baseline_gives_the_same_batches_as_the_tensor_path(shared_data):
-    """The benchmark compares like with like: same images, same order, same values up to rounding."""
-    ds = get_cifar10(True, root=shared_data, verbose=False)
-    ds.data, ds.targets = ds.data[:100], ds.targets[:100]
-    x = cifar.resize_to_double(cifar.images_as_tensor(ds), 16)
-    mean, std = cifar.channel_stats(x)
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    fast = list(cifar.tensor_loader(x, torch.tensor(ds.targets), 32, shuffle=True, seed=3))
-    slow = list(cifar.pil_loader(ds, mean, std, 32, image_size=16, seed=3))
-    assert [len(b[1]) for b in slow] == [32, 32, 32, 4]
-    for (xa, ya), (xb, yb) in zip(fast, slow):
-        assert torch.equal(ya, yb) and xb.dtype == torch.double
-        assert (xa - xb).abs().max() <= 1.5 / 255 / min(std)

@@ -4,7 +4,10 @@ The functions are imported from the notebook (``inf265.nbdefs.load_definitions``
 ``train_manual_update`` must end **bitwise** equal to ``train`` with ``torch.optim.SGD``.
 """
 import copy
+import inspect
+import re
 
+import nbformat
 import pytest
 import torch
 import torch.nn as nn
@@ -12,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inf265 import ROOT
-from inf265.cifar import tensor_loader
 from inf265.nbdefs import load_definitions
 
 NOTEBOOK = ROOT / "gradient_descent.ipynb"
@@ -61,9 +63,9 @@ def _run_both(nb, make_model, n_epochs, batch_size, seed, **hyper):
     opt = torch.optim.SGD(model_sgd.parameters(), **hyper)
     hyper = dict(hyper)
     lr = hyper.pop("lr")
-    losses_sgd = nb.train(n_epochs, opt, model_sgd, loss_fn, tensor_loader(x, y, batch_size, True, seed))
+    losses_sgd = nb.train(n_epochs, opt, model_sgd, loss_fn, nb.make_loader(x, y, batch_size, seed))
     losses_manual = nb.train_manual_update(n_epochs, lr, model_manual, loss_fn,
-                                           tensor_loader(x, y, batch_size, True, seed), **hyper)
+                                           nb.make_loader(x, y, batch_size, seed), **hyper)
     return model_sgd, model_manual, losses_sgd, losses_manual
 
 
@@ -106,9 +108,9 @@ def test_manual_update_matches_foreach_implementation_too(nb, hyper):
     a = nb.MyMLP()
     b = copy.deepcopy(a)
     loss_fn = nn.CrossEntropyLoss()
-    nb.train(3, torch.optim.SGD(a.parameters(), foreach=True, **hyper), a, loss_fn, tensor_loader(x, y, 16, True, 1))
+    nb.train(3, torch.optim.SGD(a.parameters(), foreach=True, **hyper), a, loss_fn, nb.make_loader(x, y, 16, 1))
     hyper = dict(hyper)
-    nb.train_manual_update(3, hyper.pop("lr"), b, loss_fn, tensor_loader(x, y, 16, True, 1), **hyper)
+    nb.train_manual_update(3, hyper.pop("lr"), b, loss_fn, nb.make_loader(x, y, 16, 1), **hyper)
     _assert_identical(a, b)
 
 
@@ -119,9 +121,9 @@ def test_a_wrong_update_is_caught(nb):
     a = nb.MyMLP()
     b = copy.deepcopy(a)
     loss_fn = nn.CrossEntropyLoss()
-    nb.train(3, torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9), a, loss_fn, tensor_loader(x, y, 8, True, 3))
+    nb.train(3, torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9), a, loss_fn, nb.make_loader(x, y, 8, 3))
     buffers = {}
-    loader = tensor_loader(x, y, 8, True, 3)
+    loader = nb.make_loader(x, y, 8, 3)
     for _ in range(3):
         for xb, yb in loader:
             b.zero_grad()
@@ -150,7 +152,7 @@ def test_invalid_hyper_parameters_raise_like_sgd(nb, bad):
     x, y = _data(8, 0)
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match=r"(?i)invalid|nesterov"):
-        nb.train_manual_update(1, lr, model, nn.CrossEntropyLoss(), tensor_loader(x, y, 4), **bad)
+        nb.train_manual_update(1, lr, model, nn.CrossEntropyLoss(), nb.make_loader(x, y, 4, 0), **bad)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "raised after training"
 
 
@@ -207,11 +209,11 @@ def test_train_returns_mean_epoch_losses(nb):
     loss_fn = nn.CrossEntropyLoss()
     with torch.no_grad():
         full = loss_fn(model(x), y).item()
-    losses = nb.train(3, torch.optim.SGD(model.parameters(), lr=0.0), model, loss_fn, tensor_loader(x, y, 16, True, 5))
+    losses = nb.train(3, torch.optim.SGD(model.parameters(), lr=0.0), model, loss_fn, nb.make_loader(x, y, 16, 5))
     assert len(losses) == 3
     for value in losses:
         assert value == pytest.approx(full, rel=1e-12)
-    manual = nb.train_manual_update(2, 0.0, model, loss_fn, tensor_loader(x, y, 16, True, 5))
+    manual = nb.train_manual_update(2, 0.0, model, loss_fn, nb.make_loader(x, y, 16, 5))
     assert manual == pytest.approx([full, full], rel=1e-12)
 
 
@@ -220,6 +222,106 @@ def test_training_lowers_the_loss(nb):
     y = (x.flatten(1)[:, :10].sum(dim=1) > 0).long()  # a learnable rule
     torch.manual_seed(6)
     model = nb.MyMLP()
-    losses = nb.train_manual_update(15, 0.05, model, nn.CrossEntropyLoss(), tensor_loader(x, y, 16, True, 6),
+    losses = nb.train_manual_update(15, 0.05, model, nn.CrossEntropyLoss(), nb.make_loader(x, y, 16, 6),
                                     momentum=0.9)
     assert losses[-1] < 0.5 * losses[0]
+
+
+# --------------------------------------------------------------- the students' hand-out (nbgrader)
+# The hand-out replaces each region between "### BEGIN SOLUTION[: message]" and "### END SOLUTION"
+# by `raise NotImplementedError("<message>")` at the indentation of the BEGIN line. These tests
+# apply that convention to the notebook and check what students would get.
+
+BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION(?P<message>.*)$")
+END = re.compile(r"^(?P<indent>[ \t]*)### END SOLUTION\s*$")
+
+
+def _message(rest: str) -> str:
+    return rest.strip().lstrip(":").strip()
+
+
+def stub_regions(source: str) -> str:
+    """``source`` with every solution region replaced by its NotImplementedError stub."""
+    out, begin = [], None
+    for number, line in enumerate(source.splitlines(), start=1):
+        if begin is None:
+            if END.match(line):
+                raise ValueError(f"line {number}: END SOLUTION without BEGIN")
+            begin = BEGIN.match(line)
+            out.append(f"{begin['indent']}raise NotImplementedError({_message(begin['message'])!r})" if begin else line)
+        elif BEGIN.match(line):
+            raise ValueError(f"line {number}: nested BEGIN SOLUTION")
+        elif END.match(line):
+            if END.match(line)["indent"] != begin["indent"]:
+                raise ValueError(f"line {number}: END SOLUTION not indented like its BEGIN")
+            begin = None
+    if begin is not None:
+        raise ValueError("BEGIN SOLUTION without END")
+    return "\n".join(out)
+
+
+def _regions(nb_json):
+    return [BEGIN.match(line) for cell in nb_json.cells if cell.cell_type == "code"
+            for line in cell.source.splitlines() if BEGIN.match(line)]
+
+
+@pytest.fixture(scope="module")
+def handout(tmp_path_factory):
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.source = stub_regions(cell.source)
+            cell.outputs, cell.execution_count = [], None
+    path = tmp_path_factory.mktemp("handout") / NOTEBOOK.name
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_stub_regions_follows_the_convention():
+    source = "def f(x):\n    '''doc'''\n    ### BEGIN SOLUTION: write f\n    y = x\n    return y\n    ### END SOLUTION\n"
+    assert stub_regions(source) == "def f(x):\n    '''doc'''\n    raise NotImplementedError('write f')"
+    for bad in ("### BEGIN SOLUTION\n", "### END SOLUTION\n", "  ### BEGIN SOLUTION\nx\n### END SOLUTION\n"):
+        with pytest.raises(ValueError):
+            stub_regions(bad)
+
+
+def test_every_region_has_a_message_naming_its_section():
+    regions = _regions(nbformat.read(NOTEBOOK, as_version=4))
+    assert len(regions) >= 8
+    for region in regions:
+        assert re.match(r"Section 3\b.*, \w+", _message(region["message"])), region.group(0)
+
+
+def test_the_handout_keeps_the_graded_names_and_signatures(nb, handout):
+    students = load_definitions(handout, name="nb_handout")
+    for name in ("MyMLP", "train", "train_manual_update"):
+        assert inspect.signature(getattr(students, name)) == inspect.signature(getattr(nb, name)), name
+        assert getattr(students, name).__doc__ == getattr(nb, name).__doc__, f"{name}: docstring not shipped"
+    # train_manual_update's defaults are literals, not notebook globals
+    defaults = [p.default for p in inspect.signature(students.train_manual_update).parameters.values()
+                if p.default is not inspect.Parameter.empty]
+    assert defaults == [0, 0, 0, False]
+    # the bodies students write are stubbed
+    for call in (lambda: students.MyMLP(), lambda: students.train(1, None, None, None, []),
+                 lambda: students.train_manual_update(1, 0.1, None, None, [])):
+        with pytest.raises(NotImplementedError, match=r"^Section 3"):
+            call()
+
+
+def test_the_handout_stops_at_its_first_stub(handout, shared_data):
+    """Run top to bottom, the hand-out reaches its first stub: no NameError or ImportError before."""
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    notebook = nbformat.read(handout, as_version=4)
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                            resources={"metadata": {"path": str(ROOT)}})
+    results = ROOT / "results"
+    before = {p.name: p.read_bytes() for p in results.glob("gd_*")}
+    with pytest.raises(CellExecutionError) as err:
+        client.execute()
+    assert err.value.ename == "NotImplementedError", f"stopped by {err.value.ename}: {err.value.evalue}"
+    messages = [_message(r["message"]) for r in _regions(nbformat.read(NOTEBOOK, as_version=4))]
+    assert err.value.evalue in messages[:2], f"stopped at a later stub: {err.value.evalue}"
+    assert {p.name: p.read_bytes() for p in results.glob("gd_*")} == before, "the hand-out wrote results"

@@ -35,8 +35,8 @@ def root(tmp_path) -> Path:
     """A temporary project root holding a copy of report/*.typ and results/."""
     _require_results()
     (tmp_path / "report").mkdir()
-    for typ in (ROOT / "report").glob("*.typ"):
-        shutil.copy(typ, tmp_path / "report" / typ.name)
+    for source in [*(ROOT / "report").glob("*.typ"), ROOT / "report" / "authors.toml"]:
+        shutil.copy(source, tmp_path / "report" / source.name)
     shutil.copytree(ROOT / "results", tmp_path / "results")
     return tmp_path
 
@@ -208,3 +208,86 @@ def test_the_committed_pdf_matches_the_results():
     m = re.search(r"Test accuracy of the selected model: (\d+\.\d\d) %", text)
     assert m and abs(float(m.group(1)) - 100 * gd["test_accuracy"]) <= 0.005 + 1e-9, stale
     assert f"Selected configuration: {gd['selected']['name']} (" in text, stale
+
+
+# ------------------------------------------------------------------ authors, numbering, figures
+
+
+def _team(root: Path) -> dict:
+    import tomllib
+
+    return tomllib.loads((root / "report" / "authors.toml").read_text())
+
+
+def test_authors_division_of_labour_and_collaboration_come_from_authors_toml(root):
+    team = _team(root)
+    reader, text = build(root)
+    first = flat(reader.pages[0].extract_text())
+    for author in team["authors"]:
+        assert author["name"] in first, f"{author['name']} not on page 1"
+    assert flat(team["kind"]) in first
+    body = flat(text)
+    assert "Authors, division of labour and collaboration" in body
+    for key in ("division", "collaboration"):
+        assert flat(team["statement"][key]) in body, f"the {key} statement is not in the PDF"
+    for row in team["division"]:
+        assert flat(row["part"]) in body
+
+    path = root / "report" / "authors.toml"
+    path.write_text(path.read_text().replace(team["authors"][0]["name"], "Ada Lovelace", 1)
+                    + '\n[[authors]]\nname = "Alan Turing"\n')
+    first = flat(build(root)[0].pages[0].extract_text())
+    assert "Ada Lovelace" in first and "Alan Turing" in first
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda text: "", r"needs \[\[authors\]\]"),
+    (lambda text: text.replace("collaboration = ", "collaboration_ = "), r"needs \[statement\] collaboration"),
+    (lambda text: text.replace("[statement]", "[statement_]"), r"needs \[statement\] division"),
+    (lambda text: text + "\n[[", r"not valid TOML"),
+])
+def test_an_incomplete_authors_file_fails_with_a_clear_error(root, change, message):
+    path = root / "report" / "authors.toml"
+    path.write_text(change(path.read_text()))
+    with pytest.raises(ReportError, match=message):
+        compile_pdf(root / "report" / "report.typ", root)
+    path.unlink()
+    with pytest.raises(ReportError, match=r"report/authors.toml is missing"):
+        compile_pdf(root / "report" / "report.typ", root)
+
+
+def test_equations_follow_the_project_text_numbers(root):
+    """(4)-(7) are the project text's equations; the report's own are (R1), (R2), ..."""
+    reader, text = build(root)
+    first = flat(reader.pages[0].extract_text())
+    for n in (4, 5, 6, 7):
+        assert re.search(rf"= .*\({n}\)", first), f"the project text's equation ({n}) is not on page 1"
+    own = sorted({int(n) for n in re.findall(r"\(R(\d+)\)", text)})
+    assert len(own) >= 3 and own == list(range(1, len(own) + 1)), f"the report's own equations: {own}"
+    assert "Equation (R" in flat(text), "the report's own equations are referenced as (R..)"
+    assert "model.df[l](model.z[l])" in first, "the report must say how f' is computed"
+
+
+def test_every_figure_and_table_is_referenced(root):
+    text = flat(build(root)[1])
+    for kind in ("Figure", "Table"):
+        captions = re.findall(rf"{kind} (\d+):", text)
+        assert captions, f"no {kind.lower()}"
+        for n in captions:
+            assert len(re.findall(rf"{kind} {n}\b(?!:)", text)) >= 1, f"{kind} {n} is never referenced"
+
+
+def test_the_table_shows_train_manual_update_equal_to_train_for_every_configuration(root):
+    gd = json.loads((root / GD).read_text())
+    text = flat(build(root)[1])
+    assert "manual = SGD" in text
+    n = len(gd["configurations"])
+    assert f"all parameters are bitwise equal in all {n + len(gd['manual_vs_sgd'])} runs" in text
+
+    def differs(obj):
+        obj["configurations"][2]["manual_identical"] = False
+
+    name = edit_results(root, differs)["configurations"][2]["name"]
+    text = flat(build(root)[1])
+    assert "not identical" in text and name in text.split("not identical", 1)[1][:300]
+    assert "all parameters are bitwise equal" not in text
