@@ -1,95 +1,119 @@
-"""Runs INSIDE the sandbox: execute one notebook top to bottom in a fresh kernel.
+"""Re-executing a student's notebook top to bottom: the kernel sandboxed, the verdict decided here.
 
-``python -P -m grading.notebooks NOTEBOOK CELL_TIMEOUT OUT_NOTEBOOK OUT_JSON KERNEL_PID_FILE``
-(started by :mod:`grading.cli`). Stops at the first cell that raises, exceeds the per-cell
-time limit or kills the kernel, and writes what happened to OUT_JSON (code cells numbered from 1,
-as Jupyter shows them in order) and the executed notebook, outputs so far, to OUT_NOTEBOOK.
+The grader drives the kernel with nbclient (:func:`inf265.execute.run`, the executor ``make run``
+uses), from its own process; only the kernel runs in the sandbox. It talks to it over IPC
+sockets in the workspace's private folder (the sandbox has no network), so what the notebook
+does cannot reach the grader's process, and the verdict (which cell failed, and why) is taken
+from the kernel's replies by the grader. Outputs beyond the output limit end the run.
 """
 from __future__ import annotations
 
-import json
-import os
+import re
 import sys
+import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from jupyter_client import KernelManager
 
-from grading.guard import ROOTS_ENV
-from inf265.execute import code_cell_number
-from grading.sandbox import KERNEL_ROOTS_ENV
+from inf265 import ROOT
+from inf265.execute import Failure, run
 
-
-def _error_output(cell):
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "error":
-            return out.get("ename", ""), out.get("evalue", "")
-    return "", ""
+from . import sandbox
 
 
-def execute(path: Path, cell_timeout: float, out_nb: Path, pid_file: Path) -> dict:
-    # The kernel (student code) runs under the sandbox guard; this process (grader code) does not.
-    roots = os.environ.pop(KERNEL_ROOTS_ENV, "")
-    if roots:
-        os.environ[ROOTS_ENV] = roots
-    nb = nbformat.read(str(path), as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3", allow_errors=False,
-                            record_timing=False, shutdown_kernel="immediate", startup_timeout=60,
-                            resources={"metadata": {"path": str(path.resolve().parent)}})
-    current = {}
+class SandboxedKernel(KernelManager):
+    """An ipykernel started inside ``ws``'s sandbox, reached over IPC sockets in ``ws.ipc``."""
 
-    def on_cell_execute(cell, cell_index, **_):
-        current["cell"], current["index"] = cell, cell_index
-        if "pid" not in current:
-            try:
-                current["pid"] = client.km.provisioner.process.pid
-                pid_file.write_text(str(current["pid"]))
-            except AttributeError:
-                pass
+    def configure(self, ws: sandbox.Workspace, limits: sandbox.Limits, log: Path) -> "SandboxedKernel":
+        self.ws, self.limits, self.log = ws, limits, log
+        self.transport, self.ip = "ipc", str(ws.ipc / "kernel")
+        self.connection_file = str(ws.ipc / "kernel.json")
+        return self
 
-    client.on_cell_execute = on_cell_execute
-    status, message = "pass", ""
+    def format_kernel_cmd(self, extra_arguments=None):
+        cmd = super().format_kernel_cmd(extra_arguments)
+        cmd[0] = sys.executable  # the grader's interpreter: the same venv inside the sandbox
+        return sandbox.limited(self.ws.argv(cmd, self.ws.env(), binds=(self.ws.ipc,)), self.limits)
+
+    async def _async_pre_start_kernel(self, **kw):
+        kw["env"] = {**self.ws.env(), "PYTHONPATH": str(ROOT)} if self.ws.isolated else self.ws.env()
+        kw["cwd"] = str(self.ws.cwd)
+        self._log_handle = open(self.log, "wb")
+        kw["stdout"] = kw["stderr"] = self._log_handle
+        return await super()._async_pre_start_kernel(**kw)
+
+
+def environment_problem(ename: str, evalue: str) -> str | None:
+    """'needs ...' when a cell failed for a reason of this machine, not of the student's code."""
+    if ename == "ModuleNotFoundError":
+        name = re.search(r"No module named '([^']+)'", evalue)
+        return f"needs the Python module {name.group(1) if name else evalue} (not installed here)"
+    if ename == "DataError" or "Dataset not found" in evalue or "download" in evalue.lower() and "Errno" in evalue:
+        return f"needs data the grader does not have ({evalue.strip().splitlines()[0][:200]})"
+    return None
+
+
+def execute(ws: sandbox.Workspace, name: str, cell_timeout: float, limits: sandbox.Limits, out_path: Path) -> dict:
+    """Run ``name`` in the workspace; the notebook check's record. The executed notebook goes to ``out_path``."""
+    path = ws.cwd / name
     try:
-        client.execute()
-    except CellTimeoutError:
-        status, message = "timeout", f"exceeded the time limit of {cell_timeout:g} s per cell (stopped)"
-    except DeadKernelError as exc:
-        status, message = "error", f"the kernel died (sys.exit/os._exit or a crash): {str(exc).strip()[:200]}"
-    except CellExecutionError as exc:
-        cell = current.get("cell")
-        ename, evalue = _error_output(cell) if cell is not None else ("", "")
-        status = "error"
-        first = (evalue.strip().splitlines() or [""])[0]
-        message = f"{ename}: {first[:300]}" if ename else str(exc).strip().splitlines()[-1][:300]
-        if "likely cause:" in evalue and "likely cause:" not in first:  # the harness's diagnosis
-            message += " ... likely cause: " + evalue.split("likely cause:", 1)[1].strip().splitlines()[0][:300]
-        if evalue.strip() != first:
-            current["error"] = f"{ename}: {evalue}"
-    except Exception as exc:  # kernel failed to start, malformed notebook ...
-        status, message = "error", f"could not execute the notebook: {type(exc).__name__}: {exc}"
-    result = {"status": status, "message": message, "code_cells": len(code)}
-    cell = current.get("cell")
-    if status != "pass" and cell is not None:
-        number = code_cell_number(nb, cell)
-        result.update({"cell": number, "cell_index": current.get("index"),
-                       "cell_source": "\n".join(cell.source.splitlines()[:6]),
-                       "cells_not_run": len(code) - number if number else None})
-    if current.get("error"):
-        result["error"] = current["error"]
-    nb.metadata.pop("widgets", None)
-    nbformat.write(nb, str(out_nb))
-    return result
+        nb = nbformat.read(str(path), as_version=4)
+    except Exception as exc:  # noqa: BLE001 - not a notebook at all
+        return {"status": "error", "message": f"{name} is not a readable notebook: {type(exc).__name__}: {exc}"}
+    code_cells = sum(c.cell_type == "code" for c in nb.cells)
+    km = SandboxedKernel(kernel_name="python3").configure(ws, limits, ws.top / f"{name}.kernel.log")
+    watch = {}
+
+    def started(client):
+        pid = client.km.provisioner.process.pid
+        tree = sandbox.Tree(pid, ws.isolated)
+        watch["w"] = sandbox.Watch(tree, limits, lambda: sandbox.kill_tree(tree, pid))
+
+    start = time.monotonic()
+    failure = run(nb, timeout=cell_timeout, km=km, on_start=started,
+                  on_output=lambda n: watch["w"].count_output(n) if "w" in watch else None,
+                  startup_timeout=120)
+    w = watch.get("w")
+    if w is not None:
+        w.stop()
+    seconds = round(time.monotonic() - start, 2)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(out_path))
+    record = {"code_cells": code_cells, "seconds": seconds}
+    if failure is None:
+        return record | {"status": "pass", "message": f"all {code_cells} code cells ran without error"}
+    return record | _failure_record(failure, code_cells, limits, w)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    path, cell_timeout, out_nb, out_json, pid_file = Path(argv[0]), float(argv[1]), Path(argv[2]), Path(argv[3]), Path(argv[4])
-    result = execute(path, cell_timeout, out_nb, pid_file)
-    out_json.write_text(json.dumps(result))
-    return 0
+def _failure_record(failure: Failure, code_cells: int, limits: sandbox.Limits, watch) -> dict:
+    where = f"code cell {failure.cell} of {code_cells}: " if failure.cell else ""
+    later = f" ({code_cells - failure.cell} later code cell(s) not run)" if failure.cell and \
+        code_cells > failure.cell else ""
+    record = {"cell": failure.cell, "cell_source": failure.source, "cells_not_run":
+              (code_cells - failure.cell) if failure.cell else None}
+    if watch is not None and watch.limit:
+        return record | {"status": "error", "message": f"{where}stopped: {watch.message}{later}"}
+    if failure.kind == "timeout":
+        return record | {"status": "timeout",
+                         "message": f"{where}exceeded the time limit of {failure.timeout:g} s per cell (stopped){later}"}
+    if failure.kind == "dead":
+        text = failure.evalue or "the kernel died"
+        if sandbox.is_memory_error(text):
+            return record | {"status": "error", "message": f"{where}stopped: {sandbox.memory_message(limits)}{later}"}
+        return record | {"status": "error", "message": f"{where}the kernel died (sys.exit / os._exit, a crash, or "
+                                                        f"a resource limit){later}"}
+    if failure.kind == "error":
+        first = (failure.evalue.strip().splitlines() or [""])[0][:300]
+        record["error"] = f"{failure.ename}: {failure.evalue}"[:4000]
+        if sandbox.is_memory_error(f"{failure.ename} {failure.evalue}"):
+            return record | {"status": "error", "message": f"{where}{sandbox.memory_message(limits)}{later}"}
+        need = environment_problem(failure.ename, failure.evalue)
+        if need:
+            return record | {"status": "not_gradable", "message": f"not gradable here: {need} ({where.rstrip(': ')})"}
+        message = f"{where}{failure.ename}: {first}"
+        if "likely cause:" in failure.evalue and "likely cause:" not in first:  # the harness's diagnosis
+            message += " ... likely cause: " + failure.evalue.split("likely cause:", 1)[1].strip().splitlines()[0][:300]
+        return record | {"status": "error", "message": message + later}
+    return record | {"status": "error", "message": f"could not execute the notebook: {failure.evalue}"}
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,45 +1,114 @@
-"""Per-student reports: ``report.json`` (everything) and ``report.md`` (for a human)."""
+"""The grader's outputs: ``report.json`` and ``report.md`` per student, and the gradebook ``grades.csv``."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
-_MARK = {"pass": "PASS", "partial": "PARTIAL", "fail": "FAIL", "error": "ERROR", "timeout": "TIMEOUT",
-         "skipped": "SKIPPED"}
+from . import registry
+from .rubric import Rubric
+
+MARK = {"pass": "PASS", "partial": "PARTIAL", "fail": "FAIL", "error": "ERROR", "timeout": "TIMEOUT",
+        "skipped": "SKIPPED", "not_gradable": "NOT GRADABLE"}
+#: gradebook columns for the two tasks of the course (course-scope checks only)
+TASKS = ("backpropagation", "train_manual_update")
 
 
-def _cell(text: str) -> str:
+def build(student: str, submission: str, graded: dict, rubric: Rubric, sandbox_line: str, limits: dict,
+          seconds: float) -> dict:
+    """The report of one graded submission (``graded`` from :func:`grading.grade.grade`)."""
+    checks = []
+    for spec in registry.CHECKS:
+        rec = graded["records"][spec.id]
+        details = dict(rec.get("details") or {})
+        fraction = details.get("fraction")
+        checks.append({
+            "id": spec.id, "title": rubric.titles[spec.id], "task": spec.task, "scope": spec.scope,
+            "status": rec["status"], "points": rubric.score(spec.id, rec["status"], fraction),
+            "max_points": rubric.points[spec.id], "message": rec.get("message", ""), "seconds": rec.get("seconds"),
+            "details": details,
+        })
+    return {
+        "student": student, "submission": submission, "title": rubric.title, "rubric": rubric.path,
+        "sandbox": sandbox_line, "limits": limits, "step_seconds": graded["steps"],
+        "checks_seconds": graded["steps"].get("checks"), "integrity": graded.get("integrity", {}),
+        "runner_output": graded.get("notes", []), "checks": checks,
+        "tasks": {task: task_status(checks, task) for task in TASKS},
+        "score": round(sum(c["points"] for c in checks), 4), "max_score": rubric.total, "seconds": round(seconds, 1),
+    }
+
+
+def task_status(checks: list[dict], task: str) -> str:
+    """``pass`` when every course check of the task passed, ``not_gradable`` when one could not be judged here."""
+    mine = [c for c in checks if c["task"] == task and c["scope"] == "course"]
+    if any(c["status"] == "not_gradable" for c in mine):
+        return "not_gradable"
+    return "pass" if mine and all(c["status"] == "pass" for c in mine) else "fail"
+
+
+def not_gradable(student: str, submission: str, why: str, rubric: Rubric, sandbox_line: str) -> dict:
+    """The report of a folder that is not a submission at all."""
+    return {"student": student, "submission": submission, "title": rubric.title, "sandbox": sandbox_line,
+            "not_gradable": why, "checks": [], "tasks": {t: "not_gradable" for t in TASKS},
+            "score": None, "max_score": rubric.total}
+
+
+def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# {report['title']}", "",
-             f"Student: **{report['student']}**  ", f"Score: **{report['score']:g} / {report['max_score']:g}**", "",
-             f"Loading: {report['loading']}.  ", f"Harness: {report['harness']}.  ",
-             f"Limits: {report['limits']['check_timeout']:g} s per check, "
-             f"{report['limits']['cell_timeout']:g} s per notebook cell.", "",
-             "| Check | Result | Points | Diagnostic |", "|---|---|---|---|"]
+    lines = [f"# {report['title']}", "", f"Student: **{report['student']}**  "]
+    if report.get("not_gradable"):
+        return "\n".join(lines + [f"**Not gradable**: {report['not_gradable']}", f"Sandbox: {report['sandbox']}", ""])
+    lines += [f"Score: **{report['score']:g} / {report['max_score']:g}**  ",
+              "Tasks: " + ", ".join(f"{t} **{s}**" for t, s in report["tasks"].items()), "",
+              f"Sandbox: {report['sandbox']}.  ",
+              f"Limits: {report['limits']['check_cpu']:g} s of CPU per check, {report['limits']['cell_timeout']:g} s "
+              f"per notebook cell, {report['limits']['resources']}.  ",
+              f"Checks of the student's functions (without re-running the notebooks) took "
+              f"**{report['checks_seconds']:.1f} s**; the whole grading {report['seconds']:.1f} s.", "",
+              "| Check | Result | Points | Diagnostic |", "|---|---|---|---|"]
     for c in report["checks"]:
-        lines.append(f"| {_cell(c['title'])} (`{c['id']}`) | {_MARK.get(c['status'], c['status'])} | "
+        scope = " (beyond the course)" if c["scope"] == "beyond" else ""
+        lines.append(f"| {_cell(c['title'])}{scope} (`{c['id']}`) | {MARK.get(c['status'], c['status'])} | "
                      f"{c['points']:g} / {c['max_points']:g} | {_cell(c['message'])} |")
+    found = {nb: f for nb, f in report.get("integrity", {}).items() if f}
+    if found:
+        lines += ["", "## Integrity", ""]
+        for nb, findings in found.items():
+            lines += [f"- {nb}, code cell {f['cell']}, line {f['line']}: {f['what']} (`{f['code']}`)"
+                      for f in findings[:20]]
     problems = [c for c in report["checks"] if c["status"] not in ("pass", "skipped")]
     if problems:
         lines += ["", "## Details of the checks that did not pass", ""]
         for c in problems:
-            lines += [f"### {c['title']} (`{c['id']}`): {_MARK.get(c['status'], c['status'])}", "", c["message"], ""]
+            lines += [f"### {c['title']} (`{c['id']}`): {MARK.get(c['status'], c['status'])}", "", c["message"], ""]
             d = c["details"]
             if d.get("cell_source"):
                 lines += [f"Code cell {d.get('cell')}:", "", "```python", d["cell_source"], "```", ""]
-            for key in ("harness_report", "error", "output", "traceback", "stderr"):
+            for key in ("harness_report", "error", "output", "traceback"):
                 if d.get(key):
-                    lines += [f"{key.replace('_', ' ').capitalize()}:", "", "```", d[key].rstrip(), "```", ""]
+                    lines += [f"{key.replace('_', ' ').capitalize()}:", "", "```", str(d[key]).rstrip(), "```", ""]
             if d.get("executed_notebook"):
                 lines += [f"Executed notebook: `{d['executed_notebook']}`", ""]
-    lines += ["", f"Graded in {report['seconds']:.1f} s.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
-def write_reports(report: dict, out_dir: Path) -> None:
-    out_dir = Path(out_dir)
+def write(report: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     (out_dir / "report.md").write_text(markdown(report), encoding="utf-8")
+
+
+def gradebook(reports: list[dict]) -> str:
+    """``grades.csv``: one row per student; task verdicts, then the points of every check."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["student", "score", "max_score", *TASKS, *registry.IDS])
+    for r in sorted(reports, key=lambda r: r["student"]):
+        points = {c["id"]: c["points"] for c in r["checks"]}
+        writer.writerow([r["student"], "" if r["score"] is None else f"{r['score']:g}", f"{r['max_score']:g}",
+                         *(r["tasks"][t] for t in TASKS), *(f"{points[i]:g}" if i in points else "" for i in registry.IDS)])
+    return out.getvalue()

@@ -1,18 +1,20 @@
-"""The grading rubric (``grading/rubric.toml``): points per check, time limits, partial credit."""
+"""The grading rubric (``grading/rubric.toml``): points per check, partial credit, limits.
+
+Check ids and their tasks are declared once, in :mod:`grading.registry`; the rubric gives their
+points (a check it does not list is run and reported for 0 points, as the beyond-the-course ones
+are by default) and may change their titles, never invent an id.
+"""
 from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT = Path(__file__).resolve().parent / "rubric.toml"
+from . import registry
 
-BACKPROP_CHECKS = ("load_backpropagation", "backprop_toy", "backprop_mnist", "backprop_batch",
-                   "backprop_activations", "backprop_deep")
-SGD_CHECKS = ("load_gradient_descent", "train_sgd", "manual_plain", "manual_weight_decay",
-              "manual_momentum", "manual_dampening", "manual_nesterov", "manual_combined")
-NOTEBOOK_CHECKS = ("notebook_backpropagation", "notebook_gradient_descent")
-ALL_CHECKS = BACKPROP_CHECKS + SGD_CHECKS + NOTEBOOK_CHECKS
+DEFAULT = Path(__file__).resolve().parent / "rubric.toml"
+#: the harness's sub-checks of a backpropagation check -> share of its points (partial credit)
+SUBCHECK_WEIGHTS = {"runs": 0.1, "untouched": 0.1, "stored": 0.1, "autograd": 0.35, "finite_differences": 0.35}
 
 
 class RubricError(ValueError):
@@ -26,21 +28,22 @@ class Rubric:
     titles: dict[str, str]
     check_timeout: float
     cell_timeout: float
-    rounding_credit: float
+    memory_gib: float
+    processes: int
+    subcheck_weights: dict[str, float] = field(default_factory=lambda: dict(SUBCHECK_WEIGHTS))
     path: str = ""
-    unscored: list[str] = field(default_factory=list)
 
-    def score(self, check: str, status: str) -> float:
+    def score(self, check: str, status: str, fraction: float | None = None) -> float:
         pts = self.points.get(check, 0.0)
         if status == "pass":
             return pts
-        if status == "partial":
-            return round(pts * self.rounding_credit, 4)
+        if status == "partial" and fraction is not None:
+            return round(pts * max(0.0, min(1.0, fraction)), 4)
         return 0.0
 
     @property
     def total(self) -> float:
-        return sum(self.points.get(c, 0.0) for c in ALL_CHECKS)
+        return sum(self.points.values())
 
 
 def _number(value, what: str, path: Path, minimum=0.0, maximum=None) -> float:
@@ -63,22 +66,31 @@ def load(path: Path | str | None = None) -> Rubric:
     checks = data.get("checks", {})
     if not isinstance(checks, dict):
         raise RubricError(f"{path}: [checks] must be a table of [checks.<id>] tables")
-    unknown = sorted(set(checks) - set(ALL_CHECKS))
+    unknown = sorted(set(checks) - set(registry.IDS))
     if unknown:
-        raise RubricError(f"{path}: unknown check id(s) {', '.join(unknown)}; known ids: {', '.join(ALL_CHECKS)}")
-    points, titles = {}, {}
+        raise RubricError(f"{path}: unknown check id(s) {', '.join(unknown)}; known ids: {', '.join(registry.IDS)}")
+    points = {c.id: 0.0 for c in registry.CHECKS}
+    titles = {c.id: c.title for c in registry.CHECKS}
     for cid, spec in checks.items():
-        if not isinstance(spec, dict) or "points" not in spec:
-            raise RubricError(f"{path}: [checks.{cid}] needs `points = <number>`")
-        points[cid] = _number(spec["points"], f"checks.{cid}.points", path)
-        titles[cid] = str(spec.get("title", cid))
-    limits = data.get("limits", {})
-    scoring = data.get("scoring", {})
+        if not isinstance(spec, dict):
+            raise RubricError(f"{path}: [checks.{cid}] must be a table (points = <number>, title = \"...\")")
+        if "points" in spec:
+            points[cid] = _number(spec["points"], f"checks.{cid}.points", path)
+        if "title" in spec:
+            titles[cid] = str(spec["title"])
+    limits, scoring = data.get("limits", {}), data.get("scoring", {})
+    weights = dict(SUBCHECK_WEIGHTS)
+    for key, value in scoring.get("backprop_subchecks", {}).items():
+        if key not in weights:
+            raise RubricError(f"{path}: scoring.backprop_subchecks.{key} is not a sub-check; known: {', '.join(weights)}")
+        weights[key] = _number(value, f"scoring.backprop_subchecks.{key}", path, 0, 1)
+    if abs(sum(weights.values()) - 1) > 1e-9:
+        raise RubricError(f"{path}: scoring.backprop_subchecks must add up to 1, got {sum(weights.values()):g}")
     return Rubric(
-        title=str(data.get("title", "Grading report")),
-        points=points, titles=titles,
-        check_timeout=_number(limits.get("check_timeout", 10), "limits.check_timeout", path, 0.1),
+        title=str(data.get("title", "Grading report")), points=points, titles=titles,
+        check_timeout=_number(limits.get("check_timeout", 20), "limits.check_timeout", path, 0.1),
         cell_timeout=_number(limits.get("cell_timeout", 20), "limits.cell_timeout", path, 0.1),
-        rounding_credit=_number(scoring.get("rounding_credit", 0.5), "scoring.rounding_credit", path, 0, 1),
-        path=str(path), unscored=[c for c in ALL_CHECKS if c not in points],
+        memory_gib=_number(limits.get("memory_gib", 4), "limits.memory_gib", path, 1),
+        processes=int(_number(limits.get("processes", 64), "limits.processes", path, 8)),
+        subcheck_weights=weights, path=str(path),
     )

@@ -7,12 +7,19 @@ work (training loops, tests, plots) are skipped. Cells whose first line is ``# N
 are skipped entirely; ``# NBDEFS: keep`` keeps a whole cell (e.g. a setup cell that sets the
 default dtype).
 
-Used by the tests (the notebook's own ``MyNet`` and ``backpropagation``), by the toy-problems
-notebook (same hand-written backpropagation) and by the grader (students' notebooks).
+Used by the tests (the notebook's own ``MyNet`` and ``backpropagation``) and by the toy-problems
+notebook (same hand-written backpropagation).
+
+``load_needed(notebook, wanted)`` is the grader's variant for students' notebooks: it runs only the
+top-level statements the ``wanted`` names need (found by scope analysis with :mod:`symtable`:
+the functions, classes, imports and assignments they use, transitively, including default
+arguments and decorators), in notebook order, and skips, rather than stops at, any statement that
+fails, recording which one, in which cell, and why.
 """
 from __future__ import annotations
 
 import ast
+import symtable
 import sys
 import types
 from pathlib import Path
@@ -96,3 +103,96 @@ def load_definitions(path: str | Path, name: str | None = None) -> types.ModuleT
                 raise
             module.__nbdefs_skipped__.append(f"`{ast.unparse(node)[:80]}` ({type(exc).__name__}: {exc})")
     return module
+
+
+# --------------------------------------------------------------------------------------------
+# the grader's variant: only what the wanted names need
+# --------------------------------------------------------------------------------------------
+def _statements(path: str | Path) -> list[tuple[int, ast.stmt]]:
+    """(code cell number from 1, statement) for every top-level statement; unparsable cells skipped."""
+    nb = nbformat.read(str(path), as_version=4)
+    out, number = [], 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        number += 1
+        try:
+            tree = ast.parse(_clean(cell.source))
+        except SyntaxError:
+            continue
+        out += [(number, node) for node in tree.body]
+    return out
+
+
+def _scope_names(node: ast.stmt) -> tuple[set[str], set[str]]:
+    """(names the statement binds at top level, global names it or its functions read)."""
+    table = symtable.symtable(ast.unparse(node), "<statement>", "exec")
+    bound = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
+    used = {s.get_name() for s in table.get_symbols() if s.is_referenced()}
+
+    def walk(t):
+        for sym in t.get_symbols():
+            if sym.is_global() and sym.is_referenced():
+                used.add(sym.get_name())
+        for child in t.get_children():
+            walk(child)
+    for child in table.get_children():
+        walk(child)
+    return bound, used
+
+
+def needed_statements(path: str | Path, wanted, skip=()) -> list[tuple[int, ast.stmt]]:
+    """The statements that define ``wanted`` and what they use, transitively, in notebook order.
+
+    For each needed name the notebook's last binding of it is taken (the state the notebook ends
+    in), plus earlier ones when that binding reads its own name (``x = x + 1``). Names in ``skip``
+    are not resolved (the caller provides them).
+    """
+    statements = [(cell, node, *_scope_names(node)) for cell, node in _statements(path)]
+    todo, seen, chosen = list(wanted), set(skip), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for i in reversed(range(len(statements))):
+            cell, node, bound, used = statements[i]
+            if name in bound:
+                chosen.add(i)
+                todo.extend(used - seen)
+                if name not in used:
+                    break
+    return [(statements[i][0], statements[i][1]) for i in sorted(chosen)]
+
+
+def load_needed(path: str | Path, wanted, skip=(), name: str | None = None,
+                module: types.ModuleType | None = None) -> types.ModuleType:
+    """A module holding ``wanted`` and what it needs from the notebook ``path`` (see the docstring above).
+
+    Failing statements are skipped: ``module.__nbdefs_skipped__`` lists ``{"cell", "statement",
+    "error", "names"}`` records and ``module.__nbdefs_missing_modules__`` maps a module that could
+    not be imported to the names its import would have bound.
+    """
+    path = Path(path)
+    module = module or types.ModuleType(name or f"nb_{path.stem}")
+    module.__file__ = str(path)
+    module.__nbdefs_skipped__, module.__nbdefs_missing_modules__ = [], {}
+    sys.modules[module.__name__] = module
+    filename = f"<{path.name} definitions>"
+    for cell, node in needed_statements(path, wanted, skip):
+        try:
+            exec(compile(ast.Module(body=[node], type_ignores=[]), filename, "exec"), module.__dict__)
+        except Exception as exc:  # noqa: BLE001 - a student's statement may raise anything
+            bound = sorted(_scope_names(node)[0])
+            if isinstance(exc, ModuleNotFoundError) and isinstance(node, (ast.Import, ast.ImportFrom)):
+                module.__nbdefs_missing_modules__.setdefault(exc.name or str(exc), []).extend(bound)
+            module.__nbdefs_skipped__.append({
+                "cell": cell, "statement": _head(node), "names": bound,
+                "error": f"{type(exc).__name__}: {exc}"})
+    return module
+
+
+def _head(node: ast.stmt) -> str:
+    """A statement's first line, as a reader would recognise it (``def train(n_epochs, ...)``)."""
+    text = ast.unparse(node).splitlines()[0]
+    return text[:120] + (" ..." if len(text) > 120 else "")

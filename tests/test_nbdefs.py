@@ -40,3 +40,29 @@ def test_a_statement_needing_computed_data_is_skipped_not_fatal(tmp_path):
     mod = load_definitions(path)
     assert mod.f() == mod.math.pi
     assert len(mod.__nbdefs_skipped__) == 1 and "NameError" in mod.__nbdefs_skipped__[0]
+
+
+def test_load_needed_runs_only_what_the_wanted_names_need(tmp_path):
+    path = _nb(tmp_path,
+               "import math\nimport not_a_real_package_xyz as nope\nfactor = 2",
+               "data = expensive()\nloss_fn = make_loss()",
+               "def helper(x):\n    return math.sqrt(x) * factor",
+               "def train(x, loss=loss_fn):\n    return helper(x)",
+               "def unrelated():\n    return nope.thing()",
+               "factor = factor + 1",
+               "result = train(4)")
+    from inf265.nbdefs import load_needed
+    mod = load_needed(path, ["train", "unrelated"])
+    # train's default argument needs loss_fn, whose statement fails: train is skipped and named
+    skipped = {s["statement"].split("(")[0]: s for s in mod.__nbdefs_skipped__}
+    assert "def train" in skipped and "NameError" in skipped["def train"]["error"]
+    assert skipped["def train"]["cell"] == 4
+    assert mod.__nbdefs_missing_modules__ == {"not_a_real_package_xyz": ["nope"]}
+    assert mod.helper(4) == 6.0  # factor = 2, then factor + 1: the notebook's final value
+    assert not hasattr(mod, "data") and not hasattr(mod, "result")
+    # a name the caller provides is not resolved from the notebook: train then loads
+    import types
+    given = types.ModuleType("given")
+    given.loss_fn = "provided"
+    mod = load_needed(path, ["train"], skip=["loss_fn"], module=given)
+    assert mod.train(9) == 9.0 and not mod.__nbdefs_skipped__

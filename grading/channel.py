@@ -1,0 +1,121 @@
+"""The pipe between the trusted grader and the untrusted runner: framed messages, validated on receipt.
+
+A message is ``MAGIC``, an 8-byte big-endian length, a JSON header, then the raw bytes of the
+tensors the header lists (``{"name", "dtype", "shape"}``, little-endian, C order). Nothing is
+unpickled: the receiver checks the magic, the sizes (at most ``max_bytes`` in all), the dtypes
+(a short allow-list) and the shapes before it builds a tensor, and :class:`ChannelError` says what
+was wrong. Both sides import this module; the runner's copy is the one under /course.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import select
+import time
+
+import torch
+
+MAGIC = b"INF265-RUNNER-1\n"
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+          "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool,
+          "uint8": torch.uint8}
+MAX_BYTES = 256 << 20
+MAX_HEADER = 4 << 20
+
+
+class ChannelError(RuntimeError):
+    """The other side sent something that is not a valid message (or nothing in time)."""
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def encode(header: dict, tensors: dict[str, torch.Tensor] | None = None) -> bytes:
+    """One message: ``header`` (JSON-serialisable) and named tensors (sent as raw bytes)."""
+    tensors = tensors or {}
+    specs, blobs = [], []
+    for name, t in tensors.items():
+        t = t.detach().to("cpu").contiguous()
+        if _dtype_name(t.dtype) not in DTYPES:
+            t = t.to(torch.float64)
+        specs.append({"name": name, "dtype": _dtype_name(t.dtype), "shape": list(t.shape)})
+        blobs.append(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    head = json.dumps({**header, "tensors": specs}, allow_nan=True).encode("utf-8")
+    return MAGIC + len(head).to_bytes(8, "big") + head + b"".join(blobs)
+
+
+def send(fd: int, header: dict, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    data = memoryview(encode(header, tensors))
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+class Reader:
+    """Reads messages from ``fd``, each within ``deadline()`` (a monotonic time, or None to wait)."""
+
+    def __init__(self, fd: int, max_bytes: int = MAX_BYTES):
+        self.fd, self.max_bytes, self.buffer = fd, max_bytes, bytearray()
+
+    def _fill(self, n: int, deadline: float | None, alive=None) -> None:
+        while len(self.buffer) < n:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if deadline is not None and wait == 0:
+                raise TimeoutError("no reply in time")
+            ready, _, _ = select.select([self.fd], [], [], min(wait, 0.2) if wait is not None else 0.2)
+            if not ready:
+                if alive is not None and not alive():
+                    raise ChannelError("the runner ended without replying")
+                continue
+            chunk = os.read(self.fd, min(1 << 20, n - len(self.buffer)))
+            if not chunk:
+                raise ChannelError("the runner closed the channel without replying")
+            self.buffer += chunk
+
+    def _take(self, n: int, deadline, alive) -> bytes:
+        self._fill(n, deadline, alive)
+        out = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return out
+
+    def receive(self, deadline: float | None = None, alive=None) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The next message as ``(header, tensors)``; raises ChannelError if it is malformed."""
+        if self._take(len(MAGIC), deadline, alive) != MAGIC:
+            raise ChannelError("malformed reply: it does not start with the channel's marker (something "
+                               "else was written to the channel)")
+        size = int.from_bytes(self._take(8, deadline, alive), "big")
+        if size > MAX_HEADER:
+            raise ChannelError(f"malformed reply: header of {size} bytes (at most {MAX_HEADER})")
+        try:
+            header = json.loads(self._take(size, deadline, alive).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ChannelError(f"malformed reply: header is not JSON ({exc})") from None
+        if not isinstance(header, dict) or not isinstance(header.get("tensors", []), list):
+            raise ChannelError("malformed reply: header is not a JSON object with a list of tensors")
+        tensors, total = {}, 0
+        for spec in header.pop("tensors", []):
+            name, shape, dtype = _valid_spec(spec)
+            nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+            total += nbytes
+            if total > self.max_bytes:
+                raise ChannelError(f"malformed reply: more than {self.max_bytes} bytes of tensors")
+            raw = self._take(nbytes, deadline, alive)
+            t = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
+            tensors[name] = t.view(dtype).reshape(shape).clone() if nbytes else torch.empty(shape, dtype=dtype)
+        return header, tensors
+
+
+def _valid_spec(spec) -> tuple[str, list[int], torch.dtype]:
+    if not isinstance(spec, dict):
+        raise ChannelError("malformed reply: a tensor description is not an object")
+    name, shape, dtype = spec.get("name"), spec.get("shape"), spec.get("dtype")
+    if not isinstance(name, str) or len(name) > 200:
+        raise ChannelError("malformed reply: a tensor has no valid name")
+    if dtype not in DTYPES:
+        raise ChannelError(f"malformed reply: tensor {name!r} has dtype {dtype!r}, not one of {sorted(DTYPES)}")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 31 for n in shape):
+        raise ChannelError(f"malformed reply: tensor {name!r} has an invalid shape {shape!r}")
+    return name, shape, DTYPES[dtype]

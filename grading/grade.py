@@ -1,0 +1,292 @@
+"""Grading one submission: the trusted orchestration of the runner's checks and the notebook runs.
+
+Nothing here imports student code. The checks of section 2 and 3 ask a sandboxed runner
+(:mod:`grading.session`) for data and decide with :mod:`grading.checks`; the static reading of
+the notebooks (:mod:`grading.checks.static`) is done here; each notebook is re-executed in a
+sandboxed kernel (:mod:`grading.notebooks`). A runner that dies, hangs or sends something
+malformed costs the check it was answering; a fresh runner, in a fresh copy, takes the next.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import notebooks, registry, sandbox
+from .checks import backprop as bp_checks
+from .checks import sgd as sgd_checks
+from .checks import static
+from .rubric import Rubric
+from .session import BadReply, Runner, RunnerFailure, text
+
+NOTEBOOKS = {"backprop": "backpropagation.ipynb", "sgd": "gradient_descent.ipynb"}
+NOTEBOOK_CHECKS = {"notebook_backpropagation": "backpropagation.ipynb",
+                   "notebook_gradient_descent": "gradient_descent.ipynb"}
+
+
+class NotGradable(ValueError):
+    """The folder is not a submission (missing, empty, no notebook); the message says what it is."""
+
+
+@dataclass
+class Context:
+    course: Path                 # the read-only support folder (grading.course.build)
+    data: Path | None            # the data folder, mounted read-only
+    harness: Path                # the official tests_backpropagation.py, replacing the student's copy
+    rubric: Rubric
+    limits: sandbox.Limits
+    check_cpu: float             # CPU seconds per request to the student's code
+    cell_timeout: float
+    isolated: bool = True
+
+
+def check_folder(folder: Path) -> None:
+    if not folder.exists():
+        raise NotGradable(f"{folder} does not exist")
+    if not folder.is_dir():
+        raise NotGradable(f"{folder} is not a folder (give the folder holding the student's notebooks)")
+    if not any((folder / nb).is_file() for nb in NOTEBOOKS.values()):
+        content = "it is empty" if not any(folder.iterdir()) else "it holds neither notebook"
+        raise NotGradable(f"{folder} is not a submission: {content} ({' nor '.join(NOTEBOOKS.values())})")
+
+
+def record(status: str, message: str, **details) -> dict:
+    return {"status": status, "message": message, "details": details}
+
+
+class Checks:
+    """The runner's part of one submission: a runner per workspace, replaced when it fails."""
+
+    def __init__(self, submission: Path, ctx: Context):
+        self.submission, self.ctx = submission, ctx
+        self.runner = self.ws = None
+        self.loaded: dict[str, dict] = {}
+        self.hung: set[str] = set()
+        self.notes: list[str] = []
+        self.loaded_requests: dict[str, list[str]] = {}  # reloaded into every fresh runner
+
+    def _runner(self) -> Runner:
+        if self.runner is not None and not self.runner.dead:
+            return self.runner
+        self.close()
+        self.ws = sandbox.Workspace(self.submission, self.ctx.course, self.ctx.data,
+                                    {"tests_backpropagation.py": self.ctx.harness}, self.ctx.isolated).__enter__()
+        self.runner = Runner(self.ws, self.ctx.limits).__enter__()
+        for notebook, wanted in list(self.loaded_requests.items()):
+            self.runner.request("load", {"notebook": notebook, "wanted": wanted}, cpu_seconds=self.ctx.check_cpu * 3,
+                                what=f"loading {notebook}")
+        return self.runner
+
+    def close(self) -> None:
+        if self.runner is not None:
+            out = self.runner.close()
+            if out is not None and (out.stdout + out.stderr).strip():
+                self.notes.append(text((out.stdout + out.stderr).strip(), 3000))
+            self.runner = None
+        if self.ws is not None:
+            self.ws.__exit__(None, None, None)
+            self.ws = None
+
+    def load(self, notebook: str, wanted: list[str]) -> dict:
+        runner = self._runner()
+        reply, _ = runner.request("load", {"notebook": notebook, "wanted": wanted}, cpu_seconds=self.ctx.check_cpu * 3,
+                                  what=f"loading {notebook}")
+        self.loaded_requests[notebook] = wanted
+        self.loaded[notebook] = reply
+        return reply
+
+    def run(self, check_id: str, uses: str, fn) -> dict:
+        """``fn(runner) -> (status, message, details)`` as check ``check_id``, under the runner's limits."""
+        if uses in self.hung:
+            return record("skipped", f"skipped: {uses} exceeded the time limit in an earlier check")
+        start = time.monotonic()
+        try:
+            status, message, details = fn(self._runner())
+        except RunnerFailure as failure:
+            if failure.status == "timeout":
+                self.hung.add(uses)
+            status, message, details = failure.status, failure.message, failure.details
+        except BadReply as exc:
+            status, message, details = "error", f"malformed reply from the runner: {exc}", {}
+        result = record(status, message, **details)
+        result["seconds"] = round(time.monotonic() - start, 2)
+        return result
+
+
+def _load_record(reply: dict, notebook: str, wanted: list[str], required: list[str]) -> tuple[dict, bool]:
+    """The load check's record, and whether the graded functions are there."""
+    found, skipped = reply.get("found", {}), reply.get("skipped", [])
+    missing_modules = reply.get("missing_modules", {})
+    absent = [w for w in required if w not in found]
+    notes = [f"code cell {text(s.get('cell'), 10)}: `{text(s.get('statement'), 120)}` skipped "
+             f"({text(s.get('error'), 200)})" for s in skipped[:6]]
+    details = {"found": {text(k, 60): text(v, 300) for k, v in list(found.items())[:20]}, "skipped": notes}
+    if not absent:
+        message = f"{', '.join(required)} loaded from {notebook}"
+        if notes:
+            message += f"; {len(skipped)} statement(s) skipped, not needed by them (first: {notes[0]})"
+        return record("pass", message, **details), True
+    # a graded function missing because one of its imports failed is the machine's problem, not the student's
+    needs = [m for m, names in missing_modules.items() if names]
+    why = {w: next((n for n in notes if f"def {w}(" in n or f"class {w}" in n), None) for w in absent}
+    if needs and all(why[w] is None or "ModuleNotFoundError" in (why[w] or "") for w in absent):
+        return record("not_gradable", f"not gradable here: needs the Python module(s) {', '.join(map(str, needs))} "
+                                      f"(not installed here), for {', '.join(absent)}", **details), False
+    parts = [f"{w}: {why[w]}" if why[w] else f"{w}: not defined at the top level of the notebook" for w in absent]
+    return record("fail", f"{notebook}: cannot load {'; '.join(parts)}", **details), False
+
+
+def _skip_all(ids, message: str, status: str = "skipped") -> dict:
+    return {cid: record(status, message) for cid in ids}
+
+
+def grade_backprop(checks: Checks, folder: Path, ctx: Context) -> dict:
+    notebook = NOTEBOOKS["backprop"]
+    ids = registry.ids(part="backprop") + ("backprop_by_hand",)
+    if not (folder / notebook).is_file():
+        return _skip_all(ids, f"{notebook} is missing from the submission", "fail")
+    try:
+        reply = checks.load(notebook, ["MyNet", "backpropagation"])
+    except RunnerFailure as failure:
+        return {"load_backpropagation": record(failure.status, f"loading {notebook}: {failure.message}"),
+                **_skip_all([i for i in ids if i != "load_backpropagation"], "skipped: the notebook did not load")}
+    records = {}
+    records["load_backpropagation"], ok = _load_record(reply, notebook, ["MyNet", "backpropagation"],
+                                                       ["MyNet", "backpropagation"])
+    if not ok:
+        records.update(_skip_all([i for i in ids if i != "load_backpropagation"],
+                                 "skipped: MyNet / backpropagation could not be loaded",
+                                 "not_gradable" if records["load_backpropagation"]["status"] == "not_gradable"
+                                 else "skipped"))
+        return records
+    findings = static.autograd_findings(folder / notebook)
+    records["backprop_by_hand"] = (record("fail", "backpropagation does not compute the gradients by hand: "
+                                                  + static.describe(findings), findings=findings) if findings else
+                                   record("pass", "no autograd and no evaluation of the model in backpropagation "
+                                                  "or the notebook code it calls (read from its source)"))
+    for check_id in registry.ids(part="backprop"):
+        if check_id == "load_backpropagation":
+            continue
+        records[check_id] = checks.run(check_id, "backpropagation",
+                                       lambda r, c=check_id: bp_checks.check(r, notebook, c, ctx))
+    if findings:  # gradients obtained with autograd are not the student's: the course's checks score 0
+        for check_id in registry.ids(part="backprop", scope="course"):
+            if check_id != "load_backpropagation" and records[check_id]["status"] in ("pass", "partial"):
+                records[check_id] = record("fail", "not credited: backpropagation uses autograd or evaluates the "
+                                                   "model (see backprop_by_hand); " + records[check_id]["message"],
+                                           **records[check_id]["details"])
+    return records
+
+
+def grade_sgd(checks: Checks, folder: Path, ctx: Context) -> dict:
+    notebook = NOTEBOOKS["sgd"]
+    ids = registry.ids(part="sgd")
+    if not (folder / notebook).is_file():
+        return _skip_all(ids, f"{notebook} is missing from the submission", "fail")
+    wanted = ["train", "train_manual_update"] + _names(folder / notebook)
+    try:
+        reply = checks.load(notebook, wanted)
+    except RunnerFailure as failure:
+        return {"load_gradient_descent": record(failure.status, f"loading {notebook}: {failure.message}"),
+                **_skip_all([i for i in ids if i != "load_gradient_descent"], "skipped: the notebook did not load")}
+    found = reply.get("found", {})
+    manual = sgd_checks.manual_functions(found)
+    required = ["train", manual[0] if manual else "train_manual_update"]
+    records = {}
+    records["load_gradient_descent"], _ = _load_record(reply, notebook, wanted, required)
+    if not reply.get("classes"):
+        records["load_gradient_descent"]["message"] += "; no nn.Module subclass (MyMLP) is defined"
+    cpu = ctx.check_cpu
+    state = {"class": None}
+
+    def architecture(runner):
+        state["class"], verdict = sgd_checks.probe(runner, notebook, cpu)
+        return verdict
+    records["mymlp_architecture"] = checks.run("mymlp_architecture", "MyMLP", architecture)
+    status = records["load_gradient_descent"]["status"]
+    for check_id in ("train_sgd",) + tuple(sgd_checks.CASES):
+        uses = "train" if check_id == "train_sgd" else "train_manual_update"
+        if uses == "train" and "train" not in found or uses != "train" and not manual:
+            records[check_id] = record("not_gradable" if status == "not_gradable" else "fail",
+                                       f"{uses} could not be loaded (see load_gradient_descent)")
+        elif check_id == "train_sgd":
+            records[check_id] = checks.run(check_id, uses, lambda r: sgd_checks.check_train(
+                r, notebook, state["class"], cpu))
+        else:
+            records[check_id] = checks.run(check_id, uses, lambda r, c=check_id: sgd_checks.check_manual(
+                r, notebook, state["class"], c, manual, cpu))
+    return records
+
+
+def _names(path: Path) -> list[str]:
+    """The classes and train_manual_update* functions the notebook defines (read, not run)."""
+    import ast
+
+    names = []
+    for _, tree in static._cells(path):
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) or isinstance(node, ast.FunctionDef) and \
+                    node.name.startswith("train_manual_update"):
+                names.append(node.name)
+    return list(dict.fromkeys(names))
+
+
+def integrity(folder: Path) -> dict:
+    """Tampering findings per notebook (static), for the report and the verdicts."""
+    return {nb: static.tampering_findings(folder / nb) for nb in NOTEBOOKS.values() if (folder / nb).is_file()}
+
+
+def apply_integrity(records: dict, findings: dict) -> None:
+    """Code that patches what the grader relies on voids the checks of its notebook's part."""
+    for part, notebook in NOTEBOOKS.items():
+        if not findings.get(notebook):
+            continue
+        why = static.describe(findings[notebook])
+        for check_id in registry.ids(part=part) + (("backprop_by_hand",) if part == "backprop" else ()):
+            rec = records.get(check_id)
+            if rec and rec["status"] in ("pass", "partial"):
+                records[check_id] = record("fail", f"not credited: {notebook} tampers with the environment ({why})",
+                                           **rec["details"])
+
+
+def run_checks(folder: Path, ctx: Context) -> tuple[dict, float, list[str]]:
+    """Every runner check of the submission: (records, seconds, notes about the runner)."""
+    start = time.monotonic()
+    checks = Checks(folder, ctx)
+    try:
+        records = grade_backprop(checks, folder, ctx)
+        records.update(grade_sgd(checks, folder, ctx))
+    finally:
+        checks.close()
+    return records, round(time.monotonic() - start, 2), checks.notes
+
+
+def run_notebook(folder: Path, name: str, ctx: Context, out_dir: Path) -> dict:
+    if not (folder / name).is_file():
+        return record("fail", f"{name} is missing from the submission")
+    with sandbox.Workspace(folder, ctx.course, ctx.data, {"tests_backpropagation.py": ctx.harness},
+                           ctx.isolated) as ws:
+        limits = sandbox.Limits(memory=ctx.limits.memory, processes=ctx.limits.processes,
+                                cpu_seconds=10 ** 6, wall_seconds=10 ** 6)  # per-cell time limits apply instead
+        rec = notebooks.execute(ws, name, ctx.cell_timeout, limits, out_dir / "executed" / name)
+    rec["details"] = {k: rec.pop(k) for k in list(rec) if k not in ("status", "message", "seconds")}
+    rec["details"]["executed_notebook"] = f"executed/{name}"
+    return rec
+
+
+def grade(folder: Path, ctx: Context, out_dir: Path) -> dict:
+    """All checks of one submission folder: ``{"records", "steps", "integrity", "notes"}``."""
+    check_folder(folder)
+    findings = integrity(folder)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        checks_future = pool.submit(run_checks, folder, ctx)
+        nb_futures = {cid: pool.submit(run_notebook, folder, nb, ctx, out_dir)
+                      for cid, nb in NOTEBOOK_CHECKS.items()}
+        records, check_seconds, notes = checks_future.result()
+        steps = {"checks": check_seconds}
+        for cid, future in nb_futures.items():
+            records[cid] = future.result()
+            steps[cid] = records[cid].get("seconds")
+    apply_integrity(records, findings)
+    return {"records": records, "steps": steps, "integrity": findings, "notes": notes}

@@ -1,0 +1,1 @@
+"""Runner requests of section 2 (written next)."""

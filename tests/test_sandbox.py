@@ -1,0 +1,224 @@
+"""The grader's sandbox (grading/sandbox.py) on its own: what a process inside can and cannot do.
+
+Each test starts a small Python program in a workspace, as the runner and the notebook kernels
+are started, and checks the boundary from outside: a canary folder beside the workspace stays
+unread and unchanged, no network, no process outlives the sandbox, and each resource limit ends
+the run with a message that names it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from grading import course, sandbox
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="bubblewrap is Linux-only")
+
+
+@pytest.fixture(scope="module")
+def course_dir():
+    folder = course.build()
+    yield folder
+    import shutil
+    shutil.rmtree(folder)
+
+
+@pytest.fixture
+def canary(tmp_path):
+    folder = tmp_path / "canary"
+    folder.mkdir()
+    (folder / "secret.txt").write_text("do not read me")
+    return folder
+
+
+def run(tmp_path, course_dir, code: str, limits=None, timeout=120, shared_data=None):
+    submission = tmp_path / "submission"
+    submission.mkdir(exist_ok=True)
+    (submission / "program.py").write_text(textwrap.dedent(code))
+    with sandbox.Workspace(submission, course_dir, shared_data) as ws:
+        proc = sandbox.Process(ws, [sys.executable, "-P", "program.py"], limits or sandbox.Limits())
+        outcome = proc.finish(timeout)
+        tree_left = proc.tree.pids()
+    return outcome, tree_left
+
+
+def test_sandbox_is_available_here():
+    assert "bubblewrap" in sandbox.probe()
+
+
+def test_outside_files_are_invisible_and_the_system_read_only(tmp_path, course_dir, canary):
+    checkout, home = Path(__file__).resolve().parent.parent, Path.home()
+    python_roots = sandbox._python_roots()
+    outcome, _ = run(tmp_path, course_dir, f"""
+        import os
+        for path in ({str(canary)!r}, {str(canary / 'secret.txt')!r}):
+            print(path, "visible" if os.path.exists(path) else "invisible")
+        for folder in ({str(checkout)!r}, {str(home)!r}, "/tmp"):
+            print(folder, "holds", sorted(os.listdir(folder)) if os.path.isdir(folder) else [])
+        for path in ("/usr/evil", "/course/evil", "/etc/evil", "/evil", {str(canary / 'new.txt')!r}):
+            try:
+                open(path, "w").write("x")
+                print(path, "WRITTEN")
+            except OSError as exc:
+                print(path, "refused", type(exc).__name__)
+        open("inside.txt", "w").write("ok")
+        print("inside written")
+        print("shadow", os.path.exists("/etc/shadow"))
+    """)
+    assert outcome.returncode == 0, outcome.stderr
+    assert outcome.stdout.count(" invisible") == 2, outcome.stdout
+    # of the checkout and the home folder, only the path to the Python environment exists inside
+    for folder in (checkout, home):
+        line = next(l for l in outcome.stdout.splitlines() if l.startswith(f"{folder} holds"))
+        shown = eval(line.split(" holds ", 1)[1])
+        allowed = {Path(r).relative_to(folder).parts[0] for r in python_roots if Path(r).is_relative_to(folder)}
+        assert set(shown) <= allowed, (folder, shown, allowed)
+    assert "/tmp holds []" in outcome.stdout
+    assert "WRITTEN" not in outcome.stdout and outcome.stdout.count("refused") == 5
+    assert "inside written" in outcome.stdout and "shadow False" in outcome.stdout
+    assert sorted(p.name for p in canary.iterdir()) == ["secret.txt"]
+    assert (canary / "secret.txt").read_text() == "do not read me"
+
+
+def test_no_network(tmp_path, course_dir):
+    outcome, _ = run(tmp_path, course_dir, """
+        import socket
+        for target in (("10.255.255.53", 53), ("1.1.1.1", 443), ("pypi.org", 443)):
+            try:
+                socket.create_connection(target, timeout=3).close()
+                print(target, "CONNECTED")
+            except OSError as exc:
+                print(target, "no network", type(exc).__name__)
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) if hasattr(socket, "SOCK_RAW") else None
+    """)
+    assert "CONNECTED" not in outcome.stdout and outcome.stdout.count("no network") == 3, outcome.stdout
+
+
+def test_no_process_outlives_the_sandbox(tmp_path, course_dir):
+    marker = f"inf265-survivor-{os.getpid()}-{time.monotonic_ns()}"
+    outcome, _ = run(tmp_path, course_dir, f"""
+        import os, subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)  # {marker}"], start_new_session=True)
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)  # {marker}"])
+            os._exit(0)
+        time.sleep(1)
+        print("daemons started")
+    """)
+    assert "daemons started" in outcome.stdout, outcome.stderr
+    time.sleep(0.5)
+    survivors = [pid for pid in os.listdir("/proc") if pid.isdigit() and marker.encode() in
+                 _cmdline(int(pid))]
+    assert not survivors
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_memory_limit(tmp_path, course_dir):
+    outcome, _ = run(tmp_path, course_dir, """
+        import torch
+        try:
+            t = torch.empty(8 << 30, dtype=torch.uint8)
+            print("ALLOCATED 8 GiB")
+        except RuntimeError as exc:
+            print(exc)
+    """, limits=sandbox.Limits(memory=4 * sandbox.GiB))
+    assert "ALLOCATED" not in outcome.stdout
+    assert sandbox.is_memory_error(outcome.stdout), outcome.stdout + outcome.stderr
+    assert sandbox.memory_message(sandbox.Limits()) == "memory limit of 4 GiB exceeded"
+
+
+def test_output_flood_is_cut_and_stopped(tmp_path, course_dir):
+    limits = sandbox.Limits(output=2 * sandbox.MiB, keep_output=1000)
+    outcome, _ = run(tmp_path, course_dir, """
+        import sys
+        while True:
+            sys.stdout.write("x" * 10000 + "\\n")
+    """, limits=limits, timeout=60)
+    assert outcome.limit == "output" and "output limit of 2 MiB exceeded" in outcome.limit_message
+    assert len(outcome.stdout) < 5000 and "bytes of output cut" in outcome.stdout
+
+
+def test_process_limit(tmp_path, course_dir):
+    limits = sandbox.Limits(processes=16)
+    outcome, _ = run(tmp_path, course_dir, """
+        import os, time
+        for _ in range(200):
+            if os.fork() == 0:
+                time.sleep(60)
+                os._exit(0)
+        time.sleep(60)
+    """, limits=limits, timeout=60)
+    assert outcome.limit == "processes" and outcome.limit_message == "process limit of 16 exceeded"
+    assert outcome.seconds < 30
+
+
+def test_cpu_limit(tmp_path, course_dir):
+    outcome, _ = run(tmp_path, course_dir, "while True:\n    pass\n", limits=sandbox.Limits(cpu_seconds=2),
+                     timeout=60)
+    assert outcome.limit == "cpu" and "CPU time limit of 2 s" in outcome.limit_message
+
+
+def test_file_size_limit(tmp_path, course_dir):
+    outcome, _ = run(tmp_path, course_dir, """
+        try:
+            with open("big.bin", "wb") as fh:
+                fh.write(b"0" * (64 << 20))
+            print("WROTE")
+        except OSError as exc:
+            print("refused", exc.errno)
+    """, limits=sandbox.Limits(file_size=8 * sandbox.MiB))
+    assert "refused 27" in outcome.stdout, outcome.stdout + outcome.stderr  # EFBIG
+
+
+def test_symbolic_links_out_of_the_submission_are_dropped(tmp_path, course_dir, canary):
+    submission = tmp_path / "submission"
+    submission.mkdir()
+    (submission / "escape").symlink_to(canary / "secret.txt")
+    (submission / "inside").symlink_to("program.py")
+    (submission / "program.py").write_text("")
+    with sandbox.Workspace(submission, course_dir, None) as ws:
+        assert not (ws.cwd / "escape").exists() and (ws.cwd / "inside").is_symlink()
+
+
+def test_unavailable_sandbox_says_how_to_enable_it(monkeypatch):
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: "/bin/false")
+    sandbox.probe.cache_clear()
+    try:
+        with pytest.raises(sandbox.SandboxUnavailable) as info:
+            sandbox.probe()
+    finally:
+        sandbox.probe.cache_clear()
+    assert "user namespaces" in str(info.value) and "--no-sandbox" in str(info.value)
+
+
+def test_loopback_of_the_host_is_unreachable(tmp_path, course_dir):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    try:
+        outcome, _ = run(tmp_path, course_dir, f"""
+            import socket
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=3)
+                print("REACHED THE HOST")
+            except OSError as exc:
+                print("refused", type(exc).__name__)
+        """)
+    finally:
+        server.close()
+    assert "refused" in outcome.stdout and "REACHED" not in outcome.stdout
