@@ -111,7 +111,8 @@ def misclassified(originals: np.ndarray, seen: np.ndarray, true, probs, classes:
     order = most_confident(probs, n)
     nrows = max(1, -(-len(order) // ncols))
     ratios = [r for j in range(ncols) for r in ([1, 1, 0.4] if j < ncols - 1 else [1, 1])]
-    fig = plt.figure(figsize=(8, 1.45 * nrows + 0.3))
+    height = 1.45 * nrows + 0.3
+    fig = plt.figure(figsize=(8, height))
     grid = fig.add_gridspec(nrows, len(ratios), width_ratios=ratios, wspace=0.06, hspace=0.7)
     for k, i in enumerate(order):
         row, col = divmod(k, ncols)
@@ -124,5 +125,5 @@ def misclassified(originals: np.ndarray, seen: np.ndarray, true, probs, classes:
         pair[0].text(1.03, 1.22, f"true: {classes[int(true[i])]}\npred.: {classes[pred]} {probs[i, pred]:.2f}",
                      transform=pair[0].transAxes, ha="center", va="bottom", fontsize=8)
     fig.suptitle("Most confident test errors: the original (left) and the 16×16 input the model saw (right)",
-                 fontsize=9.5)
+                 fontsize=9.5, y=1 + 0.12 / height)
     return fig

@@ -289,7 +289,7 @@ def test_every_region_has_a_message_naming_its_section():
     regions = _regions(nbformat.read(NOTEBOOK, as_version=4))
     assert len(regions) >= 8
     for region in regions:
-        assert re.match(r"Section 3\b.*, \w+", _message(region["message"])), region.group(0)
+        assert re.match(r"Section 3\.1, tasks? \d[\w ,]*: \w", _message(region["message"])), region.group(0)
 
 
 def test_the_handout_keeps_the_graded_names_and_signatures(nb, handout):
