@@ -15,12 +15,17 @@ _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 _LINESTYLES = ["-", "--", ":", "-."]
 
 
+def curve_label(config: dict) -> str:
+    """A configuration's label within its momentum panel: ``"lr=0.01, wd=0.001"``."""
+    return f"lr={config['lr']:g}, wd={config['weight_decay']:g}"
+
+
 def curve_styles(configs: list[dict]) -> dict[str, dict]:
-    """Matplotlib line properties of each ``"lr=.., wd=.."`` label of ``configs``, distinct per label."""
+    """Matplotlib line properties of each :func:`curve_label` of ``configs``, distinct per label."""
     lrs = sorted({c["lr"] for c in configs})
     labels = {}
     for c in sorted(configs, key=lambda c: (c["lr"], c["weight_decay"])):
-        labels.setdefault(f"lr={c['lr']:g}, wd={c['weight_decay']:g}", c["lr"])
+        labels.setdefault(curve_label(c), c["lr"])
     return {label: {"color": _COLOURS[i % len(_COLOURS)], "marker": _MARKERS[i % len(_MARKERS)],
                     "linestyle": _LINESTYLES[lrs.index(lr) % len(_LINESTYLES)], "markersize": 4,
                     "linewidth": 1.4, "markevery": (i % 5, 5)}
@@ -36,8 +41,7 @@ def learning_curves(configs: list[dict], histories: dict[str, dict[str, list[flo
     styles = curve_styles(configs)
     panels = {}
     for mom in sorted({c["momentum"] for c in configs}):
-        panels[f"momentum {mom:g}"] = {f"lr={c['lr']:g}, wd={c['weight_decay']:g}": histories[c["name"]]
-                                       for c in configs if c["momentum"] == mom}
+        panels[f"momentum {mom:g}"] = {curve_label(c): histories[c["name"]] for c in configs if c["momentum"] == mom}
     return plotting.curve_grid(panels, styles)
 
 
@@ -50,7 +54,7 @@ def class_counts(counts: dict[str, list[int]], classes: list[str], highlight=())
         ax.bar(x + (i - (len(counts) - 1) / 2) * width, values, width, label=split)
     ax.set_xticks(x, [f"{c}*" if c in highlight else c for c in classes], rotation=30)
     ax.set_ylabel("images")
-    ax.set_title("CIFAR-10 images per class and split" + (" (* kept: cat vs automobile)" if highlight else ""))
+    ax.set_title("CIFAR-10 images per class and split" + (f" (* kept: {', '.join(highlight)})" if highlight else ""))
     ax.set_ylim(0, 1.2 * max(max(v) for v in counts.values()))
     ax.legend(ncols=len(counts), loc="upper right")
     fig.tight_layout()
