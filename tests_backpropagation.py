@@ -7,38 +7,69 @@ notebook and run ::
     main_test(backpropagation, MyNet([2, 3, 2]), data="toy")
     main_test(backpropagation, MyNet([24 * 24, 16, 10]), data="mnist")
 
-It needs only ``torch`` (and ``torchvision`` for ``data="mnist"``) and works for any model with
-the course's ``MyNet`` interface (``L``, ``n_l``, ``fc["1".."L"]``, ``z``, ``a``, ``f``, ``df``,
-``dL_dw``, ``dL_db``). What it checks, for a few parameter points, each sample on its own (as the
-course harness did) and all samples as one batch:
+It needs only torch and torchvision and works for any model with the course's ``MyNet``
+interface (``L``, ``n_l``, ``fc["1".."L"]``, ``z``, ``a``, ``f``, ``df``, ``dL_dw``, ``dL_db``).
+As the course's harness does, it checks ``backprop_fn(model, y_true, y_pred)`` on one sample at a
+time with the sum of squared errors, at a few points of parameter space; ``batch=True`` (or giving
+``n_samples``) also checks all the samples as one batch. The checks (one PASSED/FAILED line each;
+``Check.id`` in brackets):
 
-1. ``backprop_fn`` runs without error and **without autograd**: it is called before any
-   ``backward`` with ``.grad`` emptied (filled with NaN) and autograd blocked;
-2. it changes no parameter (bitwise) and no ``.grad``;
-3. it stores ``model.dL_dw[l]`` / ``model.dL_db[l]`` for every layer with the shape and dtype of
-   ``fc[str(l)].weight`` / ``.bias``;
-4. the gradients match autograd (relative error ``|g - r| / (|g| + |r|)`` per layer and
-   parameter, in float64);
-5. they match centred finite differences over every parameter entry (each entry perturbed in
-   place and restored, one forward pass of all samples per perturbation).
+* [runs] runs without error: within ``timeout`` seconds per call; ``sys.exit()`` is caught.
+* [no_autograd] uses no autograd and does not evaluate the model: the function gets ``y_pred``,
+  ``a[l]``, ``z[l]`` without their graph; autograd's engine and forward-mode AD are blocked;
+  autograd graphs and any forward of the model or of its layers (numerical differentiation) are
+  counted; the function's code is also read for autograd names.
+* [unchanged] changes no parameter, .grad, input or model attribute: parameters bitwise and by
+  version counter, ``.grad``, ``y_pred``, ``y_true``, ``a[l]``, ``z[l]``, ``L``, ``n_l``, ``fc``,
+  ``f``, ``df`` (the harness restores them).
+* [stored] gradients stored with the shape and dtype of their parameters.
+* [autograd] matches autograd, one sample at a time (relative error per layer and parameter).
+* [autograd_batch] matches autograd, batch of N samples (only with ``batch=True``).
+* [finite_differences] matches centred finite differences over every parameter entry.
+* [square] square layers and mixed activations: the same checks on ``MyNet([3, 3, 3, 2])`` built
+  from the model's own class, with a different activation per layer. It catches what the
+  course's nets cannot: W instead of Wᵀ, f' of the wrong layer, a hard-coded tanh', a buffer
+  shared by same-shaped layers, a transpose made only when the shape does not fit.
 
-On failure it says which layer and parameter, the relative error and, when it recognises it,
-the likely cause (factor 2, sign, transposed, activation derivative missing or taken at ``a``,
-mean instead of sum, ...). It prints a PASSED/FAILED report ending in ``N / N``, returns a
-:class:`BackpropTestResult` (truthy when everything passed) and raises ``AssertionError``
-(after printing) when a check failed. The model is left as it was found.
+A failure names the layer, the parameter, the worst entry (ours vs the reference) and the likely
+cause. ``main_test`` prints the report ending in ``N / N``, returns a :class:`BackpropTestResult`
+and raises ``AssertionError`` (with ``.result``) when a check failed. The model is left as found.
+
+Two halves, for a grader that runs student code in a sandbox and decides in another process:
+
+* :func:`collect` calls the function under guard and returns plain records (str, bool, int,
+  float, list, dict and tensors; format in its docstring). It decides nothing.
+* :func:`judge` never calls the function: from the records, a reference model with the same
+  parameters, the data and the points, it computes autograd, finite differences and diagnoses and
+  returns the :class:`BackpropTestResult`.
+* :func:`collect_square` / :func:`judge_square` do the same for the square net (one check).
+
+``main_test`` = validate, data, :func:`parameter_points`, collect, judge, square, report, raise.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import dis
+import functools
+import gzip
 import math
 import os
+import signal
+import sys
+import tempfile
+import threading
+import types
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["main_test", "BackpropTestResult", "Check", "LOSSES", "relative_error", "load_mnist_sample"]
+__all__ = ["main_test", "collect", "judge", "collect_square", "judge_square", "toy_data",
+           "load_mnist_sample", "data_folder", "parameter_points", "square_setup", "square_net",
+           "inspect_code", "relative_error", "ReferenceNet", "BackpropTestResult", "Check",
+           "CHECKS", "LOSSES", "ACTIVATIONS", "TOLERANCES", "DEFAULT_TIMEOUT"]
 
 #: losses the harness knows: name -> (element-wise torch loss, reduction over entries, description)
 LOSSES = {
@@ -48,29 +79,379 @@ LOSSES = {
     "logistic": (nn.BCEWithLogitsLoss(reduction="none"), "mean",
                  "logistic loss on logits, nn.BCEWithLogitsLoss()"),
 }
-
 _FUNCTIONAL = {"sse": nn.functional.mse_loss, "mse": nn.functional.mse_loss,
                "bce": nn.functional.binary_cross_entropy,
                "logistic": nn.functional.binary_cross_entropy_with_logits}
 
+
+def _dtanh(z):
+    return 1 - torch.tanh(z) ** 2
+
+
+def _dsigmoid(z):
+    s = torch.sigmoid(z)
+    return s * (1 - s)
+
+
+def _drelu(z):
+    return (z > 0).to(z.dtype)
+
+
+def _identity(z):
+    return z
+
+
+#: activation name -> (f, f' taken at z), for ReferenceNet and the square net
+ACTIVATIONS = {"tanh": (torch.tanh, _dtanh), "sigmoid": (torch.sigmoid, _dsigmoid),
+               "relu": (torch.relu, _drelu), "identity": (_identity, torch.ones_like)}
+
+#: check id -> name (the unit of partial credit; ids are stable)
+CHECKS = {
+    "runs": "runs without error",
+    "no_autograd": "uses no autograd and does not evaluate the model",
+    "unchanged": "changes no parameter, .grad, input or model attribute",
+    "stored": "gradients stored with the shape and dtype of their parameters",
+    "autograd": "matches autograd, one sample at a time",
+    "autograd_batch": "matches autograd, batch of {n} samples",
+    "finite_differences": "matches finite differences",
+    "square": "square layers and mixed activations",
+}
+
 # relative-error tolerances by parameter dtype: (autograd, finite differences)
 TOLERANCES = {torch.float64: (1e-8, 1e-6), torch.float32: (1e-4, 1e-2)}
-MATCH = 1e-6          # "is exactly this other thing" when diagnosing
-N_TOY, N_MNIST = 10, 5
+MATCH = 1e-6                  # "is exactly this other thing" when diagnosing (float64)
+EPS_RANGE = (1e-8, 1e-4)      # accepted finite-difference steps (1e-3 gives false failures)
+DEFAULT_TIMEOUT = 60.0        # seconds per call of the student's function
+N_TOY, N_MNIST, N_SQUARE = 10, 5, 8
 SEED = 265
+SQUARE_LAYERS = (3, 3, 3, 2)
+MNIST_MEAN, MNIST_STD = 0.1306, 0.3080
+_GRAD_NAN = {torch.float64: (torch.int64, 0x7FF80000000F0265), torch.float32: (torch.int32, 0x7FC10265)}
+_ABSENT = object()
 
 
-# --------------------------------------------------------------------------------------------
-# results
-# --------------------------------------------------------------------------------------------
+# ============================================================================================
+# public API: the test, its two halves, data, results
+# ============================================================================================
+def main_test(backprop_fn, model, eps=1e-6, verbose=False, data="toy", loss="sse", n_samples=None,
+              n_points=None, lr=0.01, batch=None, timeout=DEFAULT_TIMEOUT, square=True):
+    """Test ``backprop_fn(model, y_true, y_pred)`` on ``model``; print a report; raise if wrong.
+
+    Parameters
+    ----------
+    backprop_fn : the function under test; it must store ``model.dL_dw[l]`` and ``model.dL_db[l]``.
+    model : a ``MyNet``-like model (``L``, ``n_l``, ``fc``, ``z``, ``a``, ``f``, ``df``).
+    eps : step of the centred finite differences, between 1e-8 and 1e-4 (float32 models use at
+        least 1e-3).
+    verbose : also print our gradients next to autograd's and the worst errors per parameter.
+    data : ``"toy"`` (the course's toy data) or ``"mnist"`` (the first MNIST test images, 24x24
+        centre crop, one-hot targets; needs ``n_l[0] == 576`` and ``n_l[-1] == 10``; the data
+        folder is ``$DATA_DIR``, default ``data/`` next to this file).
+    loss : ``"sse"`` (the course's sum of squared errors; ``backprop_fn`` gets three arguments)
+        or ``"mse"``, ``"bce"``, ``"logistic"`` (then it is called with ``loss=...``).
+    n_samples : number of samples (default 10 toy, 5 MNIST).
+    n_points : number of parameter points (default 3 toy, 1 MNIST); between two points the model
+        takes a gradient step of size ``lr`` on the mean loss (undone at the end).
+    batch : also check all the samples as one batch (one more check). Default ``None``: only
+        when ``n_samples`` is given, so ``n_samples=32`` means "and a batch of 32"; the course's
+        call checks one sample at a time.
+    timeout : seconds allowed per call of ``backprop_fn`` (``None``: no limit).
+    square : add the check on the square net with mixed activations.
+
+    Returns a :class:`BackpropTestResult`; raises ``AssertionError`` (after the report) when a
+    check fails. Bad arguments raise ``ValueError``.
+    """
+    plan = _validate(backprop_fn, model, eps, data, loss, n_samples, n_points, batch, timeout)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead (x10 on a loaded machine)
+    try:
+        x, y = _data(model, plan)
+        points = _points(model, x, y, plan, lr)
+        collection = collect(backprop_fn, model, x, y, points, loss=loss, batch=plan.batch, timeout=timeout)
+        result = judge(collection, model, x, y, points, loss=loss, eps=eps, data=data)
+        if square:
+            result.checks.append(_square_check(backprop_fn, model, loss, eps, timeout, collection))
+    finally:
+        torch.set_num_threads(threads)
+    _print_report(result, verbose)
+    if not result.passed:
+        error = AssertionError(result.failure_message())
+        error.result = result
+        raise error
+    return result
+
+
+def collect(backprop_fn, model, x, y, points, *, loss="sse", batch=False, timeout=DEFAULT_TIMEOUT):
+    """Call ``backprop_fn`` under guard for every sample (and the batch) at every point.
+
+    ``points`` come from :func:`parameter_points`. Each call gets a fresh forward pass (no graph),
+    ``.grad`` filled with NaN and emptied gradient stores; afterwards the model is restored.
+    Calls stop at the first one that exceeds ``timeout``. Returns a dict of plain data::
+
+        {"model": "MyNet([2, 3, 2])", "loss": "sse", "dtype": "torch.float64", "n_samples": 10,
+         "batch": False, "n_points": 3, "timeout": 60.0, "error": None,
+         "stopped": None or why the calls stopped,
+         "static_findings": [str, ...],       # autograd names found in the function's code
+         "calls": [record, ...]}
+
+    and each record::
+
+        {"label": "sample 3, point 1", "point": 0, "samples": [3], "batch_size": 1,
+         "error": None or "ValueError: ...", "timed_out": bool, "exited": bool,
+         "autograd_used": bool, "autograd_how": [str, ...], "forward_evaluations": int,
+         "changed_parameters": [str, ...], "changed_grads": [str, ...],
+         "changed_inputs": [str, ...], "changed_attributes": [str, ...],
+         "stored": {"fc[1].weight": {"tensor": Tensor or None, "problem": None or "missing" |
+                    "string keys" | "type", "message": None or str,
+                    "shares_memory_with": None or "fc[1].weight.grad" | "model.dL_dw[1]" | ...,
+                    "from_grad": bool},
+                    "fc[1].bias": {...}, ...}}
+    """
+    n = x.shape[0]
+    plan = [[i] for i in range(n)] + ([list(range(n))] if batch else [])
+    out = {"model": _describe(model), "loss": loss, "dtype": str(_dtype(model)), "n_samples": n,
+           "batch": bool(batch), "n_points": len(points), "timeout": timeout, "error": None,
+           "stopped": None, "static_findings": inspect_code(backprop_fn, model), "calls": []}
+    original = _save_parameters(model)
+    try:
+        for p, point in enumerate(points):
+            for samples in plan:
+                label = (f"sample {samples[0]}" if len(samples) == 1 else f"batch of {n}") + f", point {p + 1}"
+                _load_point(model, point)
+                record = _guarded_call(backprop_fn, model, x[samples], y[samples], loss, timeout, label)
+                record.update(point=p, samples=list(samples), batch_size=len(samples))
+                out["calls"].append(record)
+                if record["timed_out"]:
+                    out["stopped"] = f"the calls stopped at the time limit ({label})"
+                    return out
+    finally:
+        _restore_parameters(model, original)
+    return out
+
+
+def judge(collection, model, x, y, points, *, loss="sse", eps=1e-6, data="toy"):
+    """The checks of ``collection`` (from :func:`collect`); never calls the student's function.
+
+    ``model`` is the reference: any module with the ``MyNet`` interface that computes the same
+    function with the same parameters (the student's own model in ``main_test``; a
+    :class:`ReferenceNet` in a grader). ``x``, ``y``, ``points``, ``loss`` are those given to
+    :func:`collect`. Returns a :class:`BackpropTestResult` without the square check.
+    """
+    dtype = _dtype(model)
+    tol_ag, tol_fd = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
+    ctx = _Context(model, x, y, points, loss, tol_ag, tol_fd, _step(eps, dtype))
+    result = BackpropTestResult(collection.get("model") or _describe(model), data, loss)
+    result.notes = _notes(collection, dtype, ctx)
+    saved = _save_parameters(model)
+    try:
+        verdicts = _evaluate(collection.get("calls") or [], ctx)
+        result.checks = _build_checks(collection, verdicts, ctx)
+    finally:
+        _restore_parameters(model, saved)
+    result.errors = _worst_errors(verdicts, ctx)
+    result.comparison = _comparison(verdicts)
+    return result
+
+
+def collect_square(backprop_fn, model, *, loss="sse", timeout=DEFAULT_TIMEOUT):
+    """:func:`collect` on the square net built from ``model``'s class (:func:`square_net`).
+
+    When the net cannot be built, the collection has no calls and ``"error"`` says why.
+    """
+    dtype = _dtype(model) if isinstance(model, nn.Module) else torch.get_default_dtype()
+    _, x, y, points = square_setup(loss, dtype)
+    try:
+        net = square_net(model, loss)
+    except ValueError as exc:
+        return {"model": f"{_class_name(model)}({list(SQUARE_LAYERS)})", "loss": loss, "dtype": str(dtype),
+                "error": str(exc), "stopped": None, "static_findings": [], "calls": []}
+    return collect(backprop_fn, net, x, y, points, loss=loss, timeout=timeout)
+
+
+def judge_square(collection, *, loss="sse", eps=1e-6):
+    """The square check (one :class:`Check`) from :func:`collect_square`'s collection."""
+    name = CHECKS["square"]
+    dtype = {"torch.float32": torch.float32}.get(collection.get("dtype"), torch.float64)
+    reference, x, y, points = square_setup(loss, dtype)
+    what = f"{collection.get('model')} with {', '.join(reference.activations)}"
+    if collection.get("error"):
+        return Check(name, False, f"not run: {collection['error']}", id="square")
+    result = judge(collection, reference, x, y, points, loss=loss, eps=eps)
+    if result.passed:
+        return Check(name, True, f"{what}: {len(collection['calls'])} calls, every check passed", id="square")
+    first, *others = result.failed
+    return Check(name, False, f"{what}: {first.name}: {first.message}",
+                 [f"{c.name}: {c.message}" for c in others] + first.details, id="square")
+
+
+def toy_data(model, n=N_TOY, loss="sse", dtype=torch.float64):
+    """The course's toy data for ``model`` (or its ``n_l``): x_i = i + noise, y_ij = (-1)^j i.
+
+    Targets are binary ((i + j) mod 2) for ``"bce"`` and ``"logistic"``. Seeded, own generator.
+    """
+    n_l = list(getattr(model, "n_l", model))
+    gen = torch.Generator().manual_seed(SEED)
+    x = torch.arange(n, dtype=dtype)[:, None] + torch.randn(n, n_l[0], generator=gen, dtype=dtype)
+    i, j = torch.arange(n)[:, None], torch.arange(n_l[-1])[None, :]
+    y = ((i + j) % 2).to(dtype) if loss in ("bce", "logistic") else ((-1.0) ** j * i).to(dtype)
+    return x, y
+
+
+def data_folder(root=None) -> Path:
+    """The data folder: ``root``, else ``$DATA_DIR``, else ``data/`` next to this file."""
+    if root is not None:
+        return Path(root)
+    value = os.environ.get("DATA_DIR", "").strip()
+    return Path(value).expanduser() if value else Path(__file__).resolve().parent / "data"
+
+
+def load_mnist_sample(n=N_MNIST, dtype=torch.float64, root=None):
+    """The first ``n`` MNIST test images (24x24 centre crop, normalised) and one-hot targets.
+
+    Read from ``data_folder(root)``: torchvision's MNIST folder when complete, else the two test
+    files ``MNIST/raw/t10k-images-idx3-ubyte[.gz]`` and ``t10k-labels-idx1-ubyte[.gz]`` (with
+    torchvision's idx readers), else torchvision's download (unless ``INF265_OFFLINE=1``).
+    """
+    images, labels = _mnist_test(str(data_folder(root).resolve()))
+    crop = images[:n, 2:26, 2:26].to(dtype)                  # CenterCrop(24) of 28x28
+    x = ((crop / 255 - MNIST_MEAN) / MNIST_STD)[:, None]      # (n, 1, 24, 24)
+    y = nn.functional.one_hot(labels[:n].long(), 10).to(dtype)
+    return x, y
+
+
+def parameter_points(model, x, y, loss="sse", n_points=3, lr=0.01):
+    """The parameter states the checks run at: ``[{"fc[1].weight": tensor, ...}, ...]``.
+
+    The first is the model's own; each next one is one gradient step (``lr`` times autograd's
+    gradient of the mean loss over the samples) from the previous. The model is left unchanged.
+    """
+    named, points = _params(model), []
+    scale = x.shape[0] if LOSSES[loss][1] == "sum" else 1
+    original = _save_parameters(model)
+    try:
+        for i in range(n_points):
+            points.append({key: p.detach().clone() for key, *_, p in named})
+            if i + 1 < n_points:
+                with torch.enable_grad():
+                    grads = torch.autograd.grad(_loss_value(loss, model(x), y) / scale, [p for *_, p in named])
+                with torch.no_grad():  # (torch.optim would import torch._dynamo: 3 s)
+                    for (*_, p), g in zip(named, grads):
+                        p -= lr * g
+    finally:
+        _restore_parameters(model, original)
+    return points
+
+
+def square_setup(loss="sse", dtype=torch.float64):
+    """The square check's reference net, data and points; the same on both sides of a grader.
+
+    ``ReferenceNet([3, 3, 3, 2])`` with sigmoid, tanh and identity (sigmoid for ``"bce"``),
+    seeded parameters, 8 standard-normal samples (targets in [0, 1] for bce/logistic), 2 points.
+    """
+    acts = ["sigmoid", "tanh", "sigmoid" if loss == "bce" else "identity"]
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.random.fork_rng(devices=[]):
+        net = ReferenceNet(SQUARE_LAYERS, acts).to(dtype)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.7 * torch.randn(p.shape, generator=gen, dtype=dtype))
+    x = torch.randn(N_SQUARE, SQUARE_LAYERS[0], generator=gen, dtype=dtype)
+    shape = (N_SQUARE, SQUARE_LAYERS[-1])
+    y = torch.rand(shape, generator=gen, dtype=dtype) if loss in ("bce", "logistic") else \
+        torch.randn(shape, generator=gen, dtype=dtype)
+    return net, x, y, parameter_points(net, x, y, loss, 2)
+
+
+def square_net(model, loss="sse"):
+    """``MyNet([3, 3, 3, 2])`` built from ``model``'s class (or ``model`` if it is a class), with
+    the activations and parameters of :func:`square_setup`. ``ValueError`` when impossible."""
+    cls = model if isinstance(model, type) else type(model)
+    dtype = _dtype(model) if isinstance(model, nn.Module) else torch.get_default_dtype()
+    reference, x, *_ = square_setup(loss, dtype)
+    call = f"{cls.__name__}({list(SQUARE_LAYERS)})"
+    try:
+        with torch.random.fork_rng(devices=[]):
+            net = cls(list(SQUARE_LAYERS)).to(dtype)
+        for l in range(1, reference.L + 1):
+            net.f[l], net.df[l] = reference.f[l], reference.df[l]
+        _load_point(net, {key: p.detach() for key, *_, p in _params(reference)})
+        with torch.no_grad():
+            same = torch.allclose(net(x), reference(x), rtol=1e-5, atol=1e-7)
+    except Exception as exc:
+        raise ValueError(f"could not build {call} from your class with one activation per layer (set in "
+                         f"model.f[l] / model.df[l]): {type(exc).__name__}: {exc}") from None
+    if not same:
+        raise ValueError(f"{call}'s forward does not compute a[l] = f[l](fc[l](a[l-1])) with the activations "
+                         "set in model.f[l]: the forward pass must use model.f")
+    return net
+
+
+def inspect_code(fn, model=None) -> list:
+    """Autograd, forward-mode AD, graph or harness names in ``fn``'s code and the Python functions
+    it refers to (globals, closures; not torch's). A list of findings, e.g.
+    ``"autograd (.backward()): `backward` at line 3 of bp"``; methods of ``model``'s class do not
+    count as autograd names."""
+    own = set(dir(type(model))) - set(dir(nn.Module)) if model is not None else set()
+    findings, seen, todo = [], set(), [fn]
+    while todo and len(seen) < 100:
+        f = _python_function(todo.pop())
+        if f is None or f.__code__ in seen:
+            continue
+        seen.add(f.__code__)
+        for cell in f.__closure__ or ():
+            with contextlib.suppress(ValueError):
+                todo.append(cell.cell_contents)
+        for code in _code_objects(f.__code__):
+            for finding in _scan_code(code, f.__globals__, own, todo):
+                if finding not in findings:
+                    findings.append(finding)
+    return findings
+
+
+class ReferenceNet(nn.Module):
+    """The course's ``MyNet`` with a chosen activation per layer (names of :data:`ACTIVATIONS`).
+
+    The harness's own reference model (square check; a grader's trusted side).
+    """
+
+    def __init__(self, n_l=(2, 3, 2), activations="tanh"):
+        super().__init__()
+        self.L, self.n_l = len(n_l) - 1, list(n_l)
+        acts = [activations] * self.L if isinstance(activations, str) else list(activations)
+        self.activations = acts
+        self.f = {l: ACTIVATIONS[acts[l - 1]][0] for l in range(1, self.L + 1)}
+        self.df = {l: ACTIVATIONS[acts[l - 1]][1] for l in range(1, self.L + 1)}
+        self.z, self.a, self.dL_dw, self.dL_db = {}, {}, {}, {}
+        self.fc = nn.ModuleDict({str(l): nn.Linear(n_l[l - 1], n_l[l]) for l in range(1, self.L + 1)})
+
+    def forward(self, x):
+        a = self.a[0] = torch.flatten(x, 1)
+        for l in range(1, self.L + 1):
+            self.z[l] = self.fc[str(l)](a)
+            a = self.a[l] = self.f[l](self.z[l])
+        return a
+
+
+def relative_error(g: torch.Tensor, r: torch.Tensor, floor: float = 0.0) -> float:
+    """``|g - r| / max(|g| + |r|, floor)`` in float64 (Frobenius norms); 0 when both are zero.
+
+    ``floor`` is the noise level of the reference: gradients smaller than it (saturated units)
+    are compared in absolute terms.
+    """
+    g, r = g.detach().to(torch.float64), r.detach().to(torch.float64)
+    den = max((g.norm() + r.norm()).item(), floor)
+    return 0.0 if den == 0 else (g - r).norm().item() / den
+
+
 @dataclass
 class Check:
-    """One check of the report."""
+    """One check of the report (``id``: a key of :data:`CHECKS`)."""
 
     name: str
     passed: bool
     message: str
     details: list = field(default_factory=list)
+    id: str = ""
 
     def line(self) -> str:
         return f" {'PASSED' if self.passed else 'FAILED'}  {self.name}: {self.message}"
@@ -86,6 +467,8 @@ class BackpropTestResult:
     checks: list = field(default_factory=list)
     #: worst relative error per parameter, e.g. errors["fc[1].weight"]["autograd"]
     errors: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)         # header lines of the report
+    comparison: dict = field(default_factory=dict)    # verbose: {"label", "rows": {key: (ours, autograd)}}
 
     @property
     def passed(self) -> bool:
@@ -120,60 +503,1088 @@ class BackpropTestResult:
         return "\n".join(lines)
 
 
-def relative_error(g: torch.Tensor, r: torch.Tensor, floor: float = 0.0) -> float:
-    """``|g - r| / max(|g| + |r|, floor)`` in float64 (Frobenius norms); 0 when both are zero.
-
-    ``floor`` is the noise level of the reference (finite differences): gradients smaller than
-    it (saturated units) are compared in absolute terms.
-    """
-    g, r = g.detach().to(torch.float64), r.detach().to(torch.float64)
-    den = max((g.norm() + r.norm()).item(), floor)
-    return 0.0 if den == 0 else (g - r).norm().item() / den
-
-
-# --------------------------------------------------------------------------------------------
-# data
-# --------------------------------------------------------------------------------------------
-def _mnist_transform():
-    from torchvision import transforms
-    return transforms.Compose([transforms.CenterCrop(24), transforms.ToTensor(),
-                               transforms.Normalize(0.1306, 0.3080)])
+# ============================================================================================
+# main_test's steps: validation, data, square check, report
+# ============================================================================================
+@dataclass
+class _Plan:
+    data: str
+    loss: str
+    n: int
+    n_points: int
+    batch: bool
 
 
-def load_mnist_sample(n: int = N_MNIST, dtype=torch.float64):
-    """The first ``n`` MNIST test images (24x24 centre crop, normalised) and one-hot targets."""
+def _validate(backprop_fn, model, eps, data, loss, n_samples, n_points, batch, timeout) -> _Plan:
+    """Every argument checked before anything runs: ``ValueError`` says what is wrong."""
+    if not callable(backprop_fn):
+        raise ValueError(f"backprop_fn must be a function, got {type(backprop_fn).__name__}")
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(map(repr, LOSSES))}")
+    if data not in ("toy", "mnist"):
+        raise ValueError(f"unknown data {data!r}; use data='toy' or data='mnist'")
+    _validate_eps(eps)
+    for name, value in (("n_samples", n_samples), ("n_points", n_points)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout < math.inf):
+        raise ValueError(f"timeout must be a positive number of seconds (or None), got {timeout!r}")
+    _validate_model(model, data)
+    mnist = data == "mnist"
+    return _Plan(data, loss, n_samples or (N_MNIST if mnist else N_TOY), n_points or (1 if mnist else 3),
+                 bool(batch) if batch is not None else n_samples is not None)
+
+
+def _validate_eps(eps):
+    low, high = EPS_RANGE
+    ok = isinstance(eps, (int, float)) and not isinstance(eps, bool) and math.isfinite(eps) and low <= eps <= high
+    if not ok:
+        raise ValueError(f"eps must be a finite step between {low:g} and {high:g} for centred finite differences "
+                         f"(got {eps!r}): smaller steps drown in rounding, larger ones in curvature; the course "
+                         "uses 1e-6")
+
+
+def _validate_model(model, data):
+    for attr in ("L", "n_l", "fc"):
+        if not hasattr(model, attr):
+            raise ValueError(f"the model has no attribute {attr!r}: main_test needs the course's MyNet "
+                             "interface (L, n_l, fc, z, a, f, df, dL_dw, dL_db)")
     try:
-        from inf265.data import get_mnist_test
-    except ImportError:  # the harness copied alone next to a student's notebook
-        get_mnist_test = None
-    if get_mnist_test is not None:
-        ds = get_mnist_test(transform=_mnist_transform())
+        _params(model)
+    except (KeyError, AttributeError, TypeError) as exc:
+        raise ValueError(f"model.fc must map '1'..'{model.L}' to nn.Linear layers (the course's MyNet): "
+                         f"{type(exc).__name__}: {exc}") from None
+    if data == "mnist" and model.n_l[0] != 24 * 24:
+        raise ValueError(f"data='mnist' needs a model with 24*24 = 576 inputs (MNIST images centre-"
+                         f"cropped to 24x24), but n_l[0] = {model.n_l[0]}: use e.g. MyNet([24*24, 16, 10])")
+    if data == "mnist" and model.n_l[-1] != 10:
+        raise ValueError(f"data='mnist' needs 10 outputs (one per digit, one-hot targets), but "
+                         f"n_l[-1] = {model.n_l[-1]}: use e.g. MyNet([24*24, 16, 10])")
+
+
+_BCE_MESSAGE = ("loss='bce' needs probabilities in [0, 1]: use a sigmoid output layer "
+                "(or loss='logistic' with an identity output layer)")
+
+
+def _data(model, plan: _Plan):
+    dtype = _dtype(model)
+    if plan.data == "mnist":
+        x, y = load_mnist_sample(plan.n, dtype)
     else:
-        from torchvision.datasets import MNIST
-        ds = MNIST(root=os.environ.get("DATA_DIR", "data"), train=False, download=True,
-                   transform=_mnist_transform())
-    images, labels = zip(*(ds[i] for i in range(n)))
-    x = torch.stack(images).to(dtype)                       # (n, 1, 24, 24)
-    y = nn.functional.one_hot(torch.tensor(labels), 10).to(dtype)
+        x, y = toy_data(model, plan.n, plan.loss, dtype)
+    with torch.no_grad():
+        probe = model(x)
+    if plan.loss == "bce" and not ((probe >= 0) & (probe <= 1)).all():
+        raise ValueError(_BCE_MESSAGE)
     return x, y
 
 
-def _toy_data(model, n, loss, dtype):
-    """The course's toy data: x_i = i + noise, y_i = ((-1)^j i)_j (binary targets for bce/logistic)."""
-    gen = torch.Generator().manual_seed(SEED)
-    n0, nL = model.n_l[0], model.n_l[-1]
-    x = torch.arange(n, dtype=dtype)[:, None] + torch.randn(n, n0, generator=gen, dtype=dtype)
-    i, j = torch.arange(n)[:, None], torch.arange(nL)[None, :]
-    if loss in ("bce", "logistic"):
-        y = ((i + j) % 2).to(dtype)
+def _points(model, x, y, plan: _Plan, lr):
+    try:
+        return parameter_points(model, x, y, plan.loss, plan.n_points, lr)
+    except RuntimeError as exc:  # nn.BCELoss on an output that left [0, 1]
+        if plan.loss == "bce" and "between 0 and 1" in str(exc):
+            raise ValueError(_BCE_MESSAGE) from None
+        raise
+
+
+def _square_check(backprop_fn, model, loss, eps, timeout, course) -> Check:
+    if course.get("stopped"):
+        return Check(CHECKS["square"], False, f"not run: {course['stopped']} on {course['model']}", id="square")
+    return judge_square(collect_square(backprop_fn, model, loss=loss, timeout=timeout), loss=loss, eps=eps)
+
+
+def _print_report(result: BackpropTestResult, verbose: bool):
+    print("\n __________________________________________________________________ ")
+    print(f"  Check backpropagation: {result.model}, {result.data} data, loss '{result.loss}'")
+    for note in result.notes:
+        print(f"  {note}")
+    print(" __________________________________________________________________ ")
+    if verbose:
+        _print_side_by_side(result)
+    for check in result.checks:
+        print(check.line())
+        if not check.passed:
+            for d in check.details[:3]:
+                print(f"           {d}")
+            if len(check.details) > 3:
+                print(f"           ... and {len(check.details) - 3} more")
+    print("\n" + result.summary())
+
+
+def _print_side_by_side(result: BackpropTestResult, max_rows=8):
+    rows = result.comparison.get("rows", {})
+    if rows:
+        print("\n --------- Our gradients and autograd's, side by side ---------")
+    for key, (ours, ref) in rows.items():
+        print(f"\n ******* {key} ({result.comparison['label']}) *******")
+        ours, ref = ours.flatten(), ref.flatten()
+        print(f"  {'entry':>8} {'ours':>14} {'autograd':>14}")
+        for i in range(min(len(ref), max_rows)):
+            print(f"  {i:>8} {ours[i].item():>14.6g} {ref[i].item():>14.6g}")
+        if len(ref) > max_rows:
+            print(f"  ... {len(ref) - max_rows} more entries")
+    print("\n --------- Worst relative errors per parameter ---------")
+    for key, e in result.errors.items():
+        print(f"  {key:<14} autograd {e['autograd']:.2e}   finite differences {e['finite_differences']:.2e}")
+    print()
+
+
+# ============================================================================================
+# collect: one guarded call
+# ============================================================================================
+def _guarded_call(fn, model, x, y, loss, timeout, label) -> dict:
+    """Forward, then ``fn(model, y_true, y_pred)`` under guard; what it did, as a record."""
+    record = {"label": label, "error": None, "timed_out": False, "exited": False, "autograd_used": False,
+              "autograd_how": [], "forward_evaluations": 0, "changed_parameters": [], "changed_grads": [],
+              "changed_inputs": [], "changed_attributes": [], "stored": {}}
+    before = _Snapshot(model)
+    given = _forward(model, x)
+    given["y_true"] = y_true = y.clone()
+    inputs = {name: (t, t.clone(), t._version) for name, t in given.items()}
+    _empty_stores(model)
+    kwargs = {} if loss == "sse" else {"loss": loss}
+    default_dtype = torch.get_default_dtype()
+    with _Guard(type(model)) as guard:
+        _run(fn, (model, y_true, given["y_pred"]), kwargs, timeout, record)
+    torch.set_default_dtype(default_dtype)
+    record.update(autograd_used=bool(guard.autograd), autograd_how=list(dict.fromkeys(guard.autograd)),
+                  forward_evaluations=guard.forwards)
+    record["changed_attributes"] = before.restore_attributes(model)
+    record["changed_parameters"], record["changed_grads"] = before.restore_parameters()
+    record["changed_inputs"] = [f"{name} was changed in place" for name, (t, copy, version) in inputs.items()
+                                if t._version != version or not _same(t, copy)]
+    record["stored"] = _read_stores(model, before)
+    return record
+
+
+def _run(fn, args, kwargs, timeout, record):
+    """Call the student's function; its errors, time limit and exit go into ``record``."""
+    try:
+        with _TimeLimit(timeout):
+            fn(*args, **kwargs)
+    except _Timeout:
+        record.update(timed_out=True, error=f"TimeoutError: did not return within the time limit of {timeout:g} s")
+    except SystemExit as exc:
+        record.update(exited=True, error=f"SystemExit: it called sys.exit() or exit() (code {exc.code!r})")
+    except _AutogradBlocked:
+        pass  # the guard has recorded it
+    except Exception as exc:  # reported as a failed check, never raised from the harness
+        record["error"] = f"{type(exc).__name__}: {exc}"
+
+
+def _forward(model, x) -> dict:
+    """A forward pass without graph; the tensors the student's function is given, by name."""
+    with torch.no_grad():
+        y_pred = model(x.clone())
+    given, seen = {"y_pred": y_pred}, {id(y_pred)}
+    for store in ("a", "z"):
+        values = getattr(model, store, None)
+        for l, t in (values.items() if isinstance(values, dict) else ()):
+            if isinstance(t, torch.Tensor) and id(t) not in seen:
+                seen.add(id(t))
+                given[f"model.{store}[{l}]"] = t
+    return given
+
+
+def _empty_stores(model):
+    """Stores emptied, so that a gradient left from an earlier call is not taken for this one's."""
+    for name in ("dL_dw", "dL_db"):
+        store = getattr(model, name, None)
+        if isinstance(store, dict):
+            for key in store:
+                store[key] = None
+
+
+class _Snapshot:
+    """The model before a call: watched attributes, parameters (value, version), .grad sentinels.
+
+    ``.grad`` gets a NaN with a payload: a stored gradient holding it was copied from ``.grad``.
+    """
+
+    WATCHED = ("L", "n_l", "fc", "f", "df")
+
+    def __init__(self, model):
+        self.params = _params(model)
+        self.layers = {key: model.fc[str(l)] for key, l, *_ in self.params}
+        self.values = {key: p.detach().clone() for key, *_, p in self.params}
+        self.versions = {key: p._version for key, *_, p in self.params}
+        self.requires = {key: p.requires_grad for key, *_, p in self.params}
+        self.sentinels = {key: _grad_sentinel(p) for key, *_, p in self.params}
+        for key, *_, p in self.params:
+            p.grad = self.sentinels[key]
+        self.sentinel_versions = {key: s._version for key, s in self.sentinels.items()}
+        self.attributes = {}
+        for name in self.WATCHED:
+            value = getattr(model, name, _ABSENT)
+            items = dict(value.items()) if isinstance(value, (dict, nn.ModuleDict)) else \
+                list(value) if isinstance(value, list) else None
+            self.attributes[name] = (value, items)
+
+    def restore_attributes(self, model) -> list:
+        changes = []
+        for name, (value, items) in self.attributes.items():
+            now = getattr(model, name, _ABSENT)
+            if now is not value and not (isinstance(value, int) and type(now) is type(value) and now == value):
+                changes.append(f"model.{name} was changed ({value!r} -> {now!r})" if name == "L" else
+                               f"model.{name} was replaced")
+                if value is not _ABSENT:
+                    setattr(model, name, value)
+            if items is not None and _items_changed(value, items):
+                changes.append(f"the entries of model.{name} were changed")
+                _put_items(value, items)
+        return [f"{c} (the harness restored it)" for c in changes]
+
+    def restore_parameters(self):
+        """(parameter changes, .grad changes); both restored, .grad emptied."""
+        params, grads = [], []
+        for key, l, kind, _, p in self.params:
+            layer = self.layers[key]
+            if getattr(layer, kind) is not p:
+                params.append(f"{key} was replaced by a new tensor")
+                setattr(layer, kind, p)
+            params.extend(_parameter_change(key, p, self.values[key], self.versions[key], self.requires[key]))
+            s = self.sentinels[key]
+            mask = _grad_nan_mask(s)
+            if p.grad is not s or s._version != self.sentinel_versions[key] or (mask is not None and not mask.all()):
+                grads.append(f"{key}.grad was changed")
+            with torch.no_grad():
+                p.copy_(self.values[key])
+            p.requires_grad_(self.requires[key])
+            p.grad = None
+        return params, grads
+
+
+def _parameter_change(key, p, value, version, requires) -> list:
+    out = []
+    if not _same(p.detach(), value):
+        delta = (p.detach().to(torch.float64) - value.to(torch.float64)).abs().max().item()
+        out.append(f"{key} was modified (largest change {delta:.3g})")
+    elif p._version != version:
+        out.append(f"{key} was changed in place and put back (its version counter moved: a parameter "
+                   "was perturbed, as numerical differentiation does)")
+    if p.requires_grad != requires:
+        out.append(f"{key}.requires_grad was changed to {p.requires_grad}")
+    return out
+
+
+def _items_changed(container, items) -> bool:
+    now = dict(container.items()) if isinstance(items, dict) else list(container)
+    if isinstance(items, list):
+        return now != items
+    return now.keys() != items.keys() or any(now[k] is not v for k, v in items.items())
+
+
+def _put_items(container, items):
+    if isinstance(items, list):
+        container[:] = items
     else:
-        y = ((-1.0) ** j * i).to(dtype)
-    return x, y
+        container.clear()
+        container.update(items)
 
 
-# --------------------------------------------------------------------------------------------
-# model access
-# --------------------------------------------------------------------------------------------
+def _read_stores(model, before: _Snapshot) -> dict:
+    """What the function stored in dL_dw / dL_db, by parameter: a copy or the problem."""
+    stored, seen = {}, [(f"{key}.grad", s) for key, s in before.sentinels.items()]
+    seen += [(key, p) for key, *_, p in before.params]
+    for key, l, kind, store, p in before.params:
+        entry = {"tensor": None, "problem": None, "message": None, "shares_memory_with": None, "from_grad": False}
+        value, problem = _fetch(model, store, l)
+        if problem:
+            entry.update(problem=problem[0], message=problem[1])
+        elif not isinstance(value, torch.Tensor):
+            entry.update(problem="type", message=f"model.{store}[{l}] is a {type(value).__name__}, not a torch.Tensor")
+        else:
+            shared = next((name for name, t in seen if _overlap(value, t)), None)
+            mask = _grad_nan_mask(value)
+            from_grad = bool(mask is not None and mask.any()) or bool(shared and shared.endswith(".grad"))
+            entry.update(tensor=value.detach().clone(), shares_memory_with=shared, from_grad=from_grad)
+            seen.append((f"model.{store}[{l}]", value))
+        stored[key] = entry
+    return stored
+
+
+def _fetch(model, store_name, l):
+    """(value, None) or (None, (problem, message))."""
+    store = getattr(model, store_name, None)
+    if store is None:
+        return None, ("missing", f"model.{store_name} does not exist")
+    try:
+        value = store[l]
+    except (KeyError, IndexError, TypeError):
+        if isinstance(store, dict) and str(l) in store:
+            return None, ("string keys", f"model.{store_name} is keyed by strings ('{l}'); key it by the int "
+                          f"layer number {l}")
+        return None, ("missing", f"model.{store_name}[{l}] was not stored")
+    if value is None:
+        return None, ("missing", f"model.{store_name}[{l}] is None: no gradient stored for layer {l}")
+    return value, None
+
+
+def _grad_sentinel(p):
+    s = torch.full_like(p, float("nan"))
+    if p.dtype in _GRAD_NAN:
+        int_type, bits = _GRAD_NAN[p.dtype]
+        s.view(int_type).fill_(bits)
+    return s
+
+
+def _grad_nan_mask(t):
+    """Entries of ``t`` holding the .grad sentinel's NaN (None for dtypes without one)."""
+    if t.dtype not in _GRAD_NAN:
+        return None
+    int_type, bits = _GRAD_NAN[t.dtype]
+    return t.detach().view(int_type) == bits
+
+
+def _overlap(a, b) -> bool:
+    """Do two tensors share memory (overlapping byte ranges of the same storage)?"""
+    if not a.numel() or not b.numel() or a.device != b.device:
+        return False
+
+    def extent(t):
+        start = t.data_ptr()
+        return start, start + (1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))) * t.element_size()
+    (a0, a1), (b0, b1) = extent(a), extent(b)
+    return a0 < b1 and b0 < a1
+
+
+def _same(a, b) -> bool:
+    """Bitwise equal values (NaN equals NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all()) if a.is_floating_point() else torch.equal(a, b)
+
+
+# ============================================================================================
+# collect: the guard (autograd blocked, forwards counted, time limit)
+# ============================================================================================
+class _AutogradBlocked(RuntimeError):
+    pass
+
+
+class _Guard:
+    """While the student's function runs: grad mode off; autograd's engine, new engines and
+    forward-mode AD refused; autograd graphs and forwards of the model or its layers counted.
+
+    The stand-in engine keeps no reference to the real one (nothing to revive).
+    """
+
+    def __init__(self, model_class):
+        self.model_class, self.autograd, self.forwards = model_class, [], 0
+
+    def __enter__(self):
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(torch.no_grad())
+        self._stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self._packed, _unpacked))
+        self._stack.enter_context(_patched(self._patches()))
+        return self
+
+    def __exit__(self, *exc):
+        return self._stack.__exit__(*exc)
+
+    def _patches(self):
+        import torch._functorch.predispatch as predispatch
+        from torch.autograd import variable
+        engine = self._refuse("called autograd's backward engine (.backward() or torch.autograd.grad)")
+        new_engine = self._refuse("created a new autograd engine (torch._C._ImperativeEngine)")
+        dual = self._refuse("used forward-mode AD (torch.func.jvp / jacfwd or torch.autograd.forward_ad)")
+        return [(variable.Variable, "_execution_engine", _blocked_engine(engine)),
+                (variable, "ImperativeEngine", new_engine), (torch._C, "_ImperativeEngine", new_engine),
+                (torch._C, "_enter_dual_level", dual), (predispatch, "_enter_dual_level", dual),
+                (self.model_class, "forward", self._counted(self.model_class.forward)),
+                (nn.Linear, "forward", self._counted(nn.Linear.forward))]
+
+    def _refuse(self, what):
+        seen = self.autograd
+
+        def refuse(*args, **kwargs):
+            seen.append(what)
+            raise _AutogradBlocked(f"autograd is blocked while backpropagation runs ({what}): compute the "
+                                   "gradients by hand")
+        return refuse
+
+    def _counted(self, forward):
+        guard = self
+
+        @functools.wraps(forward)
+        def counted(module, *args, **kwargs):
+            guard.forwards += 1
+            return forward(module, *args, **kwargs)
+        return counted
+
+    def _packed(self, tensor):
+        self.autograd.append("built an autograd graph (a tensor that requires grad, with grad mode on)")
+        return tensor
+
+
+def _unpacked(tensor):
+    return tensor
+
+
+def _blocked_engine(refuse):
+    """A stand-in for ``Variable._execution_engine``: every attribute refuses."""
+    class BlockedEngine:
+        def __getattr__(self, name):
+            refuse()
+    return BlockedEngine()
+
+
+@contextlib.contextmanager
+def _patched(patches):
+    """Set ``obj.name = value`` for each patch; put everything back afterwards."""
+    saved = []
+    try:
+        for obj, name, value in patches:
+            old = vars(obj).get(name, _ABSENT) if isinstance(obj, type) else getattr(obj, name, _ABSENT)
+            saved.append((obj, name, old))
+            setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, old in reversed(saved):
+            if old is _ABSENT:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, old)
+
+
+class _Timeout(BaseException):
+    """The time limit of one call (a BaseException: ``except Exception`` does not swallow it)."""
+
+
+class _TimeLimit:
+    """Raise :class:`_Timeout` in the student's code after ``seconds``, then every 50 ms while it
+    keeps running (a swallowed one comes back); never inside the harness's own frames.
+
+    SIGALRM in the main thread (the previous handler and timer are restored); in other threads an
+    asynchronous exception from a watchdog thread.
+    """
+
+    def __init__(self, seconds):
+        self.seconds, self.old_handler, self.watchdog = seconds, None, None
+
+    def __enter__(self):
+        if not self.seconds:
+            return self
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+            self.old_handler = signal.signal(signal.SIGALRM, self._on_alarm) or signal.SIG_DFL
+            self.old_timer = signal.setitimer(signal.ITIMER_REAL, self.seconds, 0.05)
+            self.started = _clock()
+        else:
+            self._start_watchdog(threading.get_ident())
+        return self
+
+    def __exit__(self, *exc):
+        if self.old_handler is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old_handler)
+            remaining, interval = self.old_timer
+            if remaining > 0:  # someone else's timer (e.g. pytest-timeout): resumed, minus our time
+                signal.setitimer(signal.ITIMER_REAL, max(remaining - (_clock() - self.started), 1e-3), interval)
+        elif self.watchdog is not None:
+            self.stop.set()
+            self.watchdog.join()
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.target), None)  # drop a pending one
+        return False
+
+    @staticmethod
+    def _in_student_code(frame) -> bool:
+        return frame is not None and frame.f_globals is not globals()
+
+    def _on_alarm(self, signum, frame):
+        if self._in_student_code(frame):
+            raise _Timeout()
+
+    def _start_watchdog(self, target):
+        self.target, self.stop = target, threading.Event()
+
+        def watch():
+            if self.stop.wait(self.seconds):
+                return
+            while not self.stop.is_set():
+                if self._in_student_code(sys._current_frames().get(target)):
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(_Timeout))
+                self.stop.wait(0.05)
+        self.watchdog = threading.Thread(target=watch, daemon=True)
+        self.watchdog.start()
+
+
+def _clock():
+    import time
+    return time.monotonic()
+
+
+# ============================================================================================
+# collect: a static look at the function's code (second line behind the guard)
+# ============================================================================================
+_FORBIDDEN_NAMES = {
+    "backward": "autograd (.backward())", "run_backward": "autograd's engine (run_backward)",
+    "_execution_engine": "autograd's engine (_execution_engine)", "_engine": "autograd's engine (_engine)",
+    "_ImperativeEngine": "autograd's engine (_ImperativeEngine)", "_EngineBase": "autograd's engine (_EngineBase)",
+    "grad_fn": "the autograd graph (.grad_fn)", "next_functions": "the autograd graph (.next_functions)",
+    "jvp": "forward-mode AD (jvp)", "jacfwd": "forward-mode AD (jacfwd)", "forward_ad": "forward-mode AD",
+    "make_dual": "forward-mode AD (make_dual)", "dual_level": "forward-mode AD (dual_level)",
+    "vjp": "autograd (vjp)", "jacrev": "autograd (jacrev)", "jacobian": "autograd (jacobian)",
+    "hessian": "autograd (hessian)", "functional_call": "an evaluation of the model (functional_call)",
+    "complex128": "complex numbers (complex-step differentiation)", "complex64": "complex numbers "
+    "(complex-step differentiation)", "cdouble": "complex numbers (complex-step differentiation)",
+    "cfloat": "complex numbers (complex-step differentiation)",
+    "_getframe": "the harness's frames (sys._getframe)", "f_back": "the harness's frames (f_back)",
+    "f_locals": "the harness's frames (f_locals)", "get_referrers": "the garbage collector (get_referrers)",
+    "get_objects": "the garbage collector (get_objects)",
+}
+
+
+def _python_function(obj):
+    """The Python function behind ``obj`` (itself, a partial's, a bound method's), or None."""
+    for attr in ("func", "__func__"):   # functools.partial, bound method
+        try:
+            obj = getattr(obj, attr, obj)
+        except Exception:
+            return None
+    return obj if isinstance(obj, types.FunctionType) else None
+
+
+def _code_objects(code):
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def _scan_code(code, globals_, own, todo):
+    forbidden_objects = _forbidden_objects()
+    previous = None
+    for ins in dis.get_instructions(code):
+        what, name = None, ins.argval
+        if ins.opname in ("LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR"):
+            what = _FORBIDDEN_NAMES.get(name) if name not in own else None
+            if name == "grad" and previous in ("autograd", "func"):
+                what = "autograd (torch.autograd.grad / torch.func.grad)"
+            previous = name
+        elif ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            obj = globals_.get(name, _ABSENT)
+            what = forbidden_objects.get(id(obj))
+            _queue_functions(obj, todo)
+            previous = obj.__name__.rsplit(".", 1)[-1] if isinstance(obj, types.ModuleType) else name
+        elif ins.opname in ("LOAD_FAST", "LOAD_DEREF"):
+            previous = name
+        elif ins.opname == "LOAD_CONST" and isinstance(name, complex):
+            what, name = "complex numbers (complex-step differentiation)", repr(name)
+        if what:
+            line = ins.positions.lineno if ins.positions and ins.positions.lineno else "?"
+            yield f"{what}: `{name}` at line {line} of {code.co_name}"
+
+
+def _queue_functions(obj, todo):
+    """User functions referred to (directly or in a dict/list/tuple) are read too."""
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else (obj,)
+    for v in list(values)[:50]:
+        if isinstance(v, types.FunctionType) and not (v.__module__ or "").startswith("torch"):
+            todo.append(v)
+
+
+@functools.lru_cache(maxsize=1)
+def _forbidden_objects() -> dict:
+    import torch.autograd.forward_ad as forward_ad
+    import torch.autograd.functional as functional
+    import torch.func as func
+    out = {id(torch.autograd.grad): "autograd (torch.autograd.grad)",
+           id(torch.autograd.backward): "autograd (torch.autograd.backward)",
+           id(forward_ad): "forward-mode AD (torch.autograd.forward_ad)",
+           id(func.functional_call): "an evaluation of the model (functional_call)"}
+    for name in ("jvp", "jacfwd", "vjp", "jacrev", "grad", "hessian"):
+        kind = "forward-mode AD" if name in ("jvp", "jacfwd") else "autograd"
+        out[id(getattr(func, name))] = f"{kind} (torch.func.{name})"
+    for name in ("jacobian", "hessian", "jvp", "vjp"):
+        out[id(getattr(functional, name))] = f"autograd (torch.autograd.functional.{name})"
+    return out
+
+
+# ============================================================================================
+# judge: references, comparisons
+# ============================================================================================
+@dataclass
+class _Context:
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    points: list
+    loss: str
+    tol_ag: float
+    tol_fd: float
+    h: float
+
+
+@dataclass
+class _Verdict:
+    """One record, judged: the comparable gradients, their problems, references and errors."""
+
+    rec: dict
+    grads: dict = field(default_factory=dict)      # key -> float64 gradient that can be compared
+    problems: list = field(default_factory=list)   # [(key, why it cannot be compared)]
+    refs: dict = field(default_factory=dict)       # key -> autograd's gradient (float64)
+    ag: dict = field(default_factory=dict)         # key -> relative error vs autograd
+    fd_refs: dict = field(default_factory=dict)    # key -> finite differences
+    fd: dict = field(default_factory=dict)         # key -> relative error vs finite differences
+    causes: dict = field(default_factory=dict)     # failing keys -> likely cause (cache)
+
+    @property
+    def label(self):
+        return self.rec.get("label", "?")
+
+    @property
+    def batch(self):
+        return self.rec.get("batch_size", 1)
+
+    @property
+    def by_hand(self):
+        """Computed by the function itself: no error, no autograd, no evaluation of the model."""
+        return not (self.rec.get("error") or self.rec.get("autograd_used") or self.rec.get("forward_evaluations"))
+
+
+def _step(eps, dtype):
+    _validate_eps(eps)
+    return max(eps, 1e-3) if dtype != torch.float64 else eps
+
+
+def _notes(collection, dtype, ctx) -> list:
+    n, points = collection.get("n_samples", 0), collection.get("n_points", 0)
+    how = "one at a time and as one batch" if collection.get("batch") else "one at a time"
+    notes = [f"{n} samples, {how}; {points} parameter point{'s' if points != 1 else ''}"]
+    if dtype != torch.float64:
+        notes.append(f"note: the model is {dtype}; the project uses torch.set_default_dtype(torch.double).")
+        notes.append(f"Tolerances loosened to {ctx.tol_ag:.0e} (autograd) and {ctx.tol_fd:.0e} "
+                     f"(finite differences, step {ctx.h:g}).")
+    return notes
+
+
+def _evaluate(calls, ctx) -> list:
+    verdicts = [_Verdict(rec) for rec in calls]
+    for p, point in enumerate(ctx.points):
+        here = [v for v in verdicts if v.rec.get("point") == p]
+        if not here:
+            continue
+        _load_point(ctx.model, point)
+        cache = {}
+        for v in here:
+            samples = tuple(v.rec["samples"])
+            if samples not in cache:
+                cache[samples] = _references(ctx, list(samples))
+            v.refs, floors = cache[samples]
+            if v.by_hand:
+                v.grads, v.problems = _comparable(v, ctx)
+            v.ag = {k: relative_error(g, v.refs[k], floors[k]) for k, g in v.grads.items()}
+        if any(v.grads for v in here):
+            _compare_with_finite_differences(here, ctx)
+    return verdicts
+
+
+def _references(ctx, samples):
+    """Autograd's gradients on ``samples`` and their noise floors.
+
+    With saturated tanh/sigmoid units 1 - tanh(z)^2 cancels: autograd's absolute error is about u
+    times the gradient with every f' replaced by 1, which gives the floor.
+    """
+    model, x, y = ctx.model, ctx.x[samples], ctx.y[samples]
+    named = _params(model)
+    with torch.enable_grad():
+        refs = torch.autograd.grad(_loss_value(ctx.loss, model(x), y), [p for *_, p in named])
+    refs = {key: r.detach().to(torch.float64) for (key, *_), r in zip(named, refs)}
+    try:
+        undamped = _variant_grads(model, x, y, ctx.loss, {l: _NO_DERIVATIVE for l in range(1, model.L + 1)})
+    except Exception:  # a model without f / df: plain relative error
+        undamped = {}
+    unit = torch.finfo(named[0][-1].dtype).eps
+    floors = {k: 1e3 * unit * undamped[k].norm().item() / ctx.tol_ag if k in undamped else 0.0 for k in refs}
+    return refs, floors
+
+
+def _comparable(v: _Verdict, ctx):
+    """(gradients that can be compared, [(key, why not)]) for one record."""
+    grads, problems = {}, []
+    stored = v.rec.get("stored") or {}
+    for key, l, kind, store, p in _params(ctx.model):
+        where = f"model.{store}[{l}]"
+        entry = stored.get(key) or {"problem": "missing", "message": f"{where} was not stored"}
+        why = _stored_problem(entry, where, key, p, v.refs, v.batch)
+        if why:
+            problems.append((key, why))
+        else:
+            grads[key] = entry["tensor"].detach().to(torch.float64)
+    return grads, problems
+
+
+def _stored_problem(entry, where, key, p, refs, batch):
+    """Why a stored gradient cannot be compared with its reference, or None."""
+    if entry.get("problem"):
+        return entry.get("message") or f"{where}: {entry['problem']}"
+    g = entry.get("tensor")
+    if not isinstance(g, torch.Tensor):
+        return f"{where} is a {type(g).__name__}, not a torch.Tensor"
+    if entry.get("from_grad"):
+        return (f"{where} was copied from {key}.grad: the harness fills .grad with NaN while backpropagation "
+                "runs, so the gradient must be computed by hand, not taken from autograd")
+    shared = entry.get("shares_memory_with")
+    if shared:
+        return _sharing_problem(where, shared)
+    return (_shape_problem(g, p, key, where, batch, refs) or _dtype_problem(g, p, key, where)
+            or _finite_problem(g, where))
+
+
+def _sharing_problem(where, other):
+    if other.startswith("model."):
+        return (f"{where} is the same memory as {other}: one buffer for layers of the same shape, so the "
+                "later layer overwrites the earlier one; store a new tensor for every layer")
+    return f"{where} is the parameter {other} itself, not its gradient"
+
+
+def _shape_problem(g, p, key, where, batch, refs):
+    shape, got = tuple(p.shape), tuple(g.shape)
+    if got == shape:
+        return None
+    msg = f"{where} has shape {got}, expected {shape} (the shape of {key})"
+    g64 = g.detach().to(torch.float64) if g.is_floating_point() else None
+    match = lambda r: g64 is not None and r.shape == g64.shape and relative_error(g64, r) <= 1e-4  # noqa: E731
+    other = next((k for k, r in refs.items() if k != key and match(r)), None)
+    if other:
+        return msg + f": it holds the gradient of {other}; store layer l's gradients in dL_dw[l] and dL_db[l]"
+    if p.dim() == 2 and got == shape[::-1]:
+        how = "it is transposed" if match(refs[key].T) else "the transposed shape"
+        return msg + f": {how}; dL_dw[l] = Δᵀ A^(l-1) has shape (n_l, n_(l-1))"
+    if p.dim() == 1 and len(got) == 2 and got[1] == shape[0]:
+        if got[0] == batch and batch > 1:
+            return msg + ": one row per sample; the bias gradient sums Δ over the batch: dL_db[l] = Δ.sum(dim=0)"
+        return msg + ": an extra dimension; dL_db[l] = Δ.sum(dim=0) has shape (n_l,) (no keepdim)"
+    if g.numel() == p.numel():
+        return msg + ": same entries, extra or missing dimension (do not keep the batch dimension)"
+    return msg
+
+
+def _dtype_problem(g, p, key, where):
+    if g.dtype != p.dtype:
+        return (f"{where} has dtype {g.dtype}, expected {p.dtype} (the dtype of {key}); compute with the "
+                "model's tensors, do not create float32 tensors")
+    if g.device != p.device:
+        return f"{where} is on {g.device}, expected {p.device}"
+    return None
+
+
+def _finite_problem(g, where):
+    if not g.is_floating_point() or torch.isfinite(g).all():
+        return None
+    bad = (~torch.isfinite(g)).nonzero()[0].tolist()
+    if torch.isnan(g).all():
+        return f"{where} is NaN everywhere (a 0/0, or an overflow upstream)"
+    return f"{where} contains NaN or inf, first at {bad} (a division by zero or an overflow)"
+
+
+def _compare_with_finite_differences(verdicts, ctx):
+    """Finite differences at this point, reduced to each record's samples, and the errors."""
+    fd, noise = _finite_differences(ctx.model, ctx.x, ctx.y, ctx.loss, ctx.h)
+    mean = LOSSES[ctx.loss][1] == "mean"
+    for v in verdicts:
+        idx = v.rec["samples"]
+        v.fd_refs = {k: t[idx].mean(0) if mean else t[idx].sum(0) for k, t in fd.items()}
+        floors = {k: t[idx].sum().item() / (len(idx) if mean else 1) / ctx.tol_fd for k, t in noise.items()}
+        v.fd = {k: relative_error(g, v.fd_refs[k], floors[k]) for k, g in v.grads.items()}
+
+
+def _worst_errors(verdicts, ctx) -> dict:
+    worst = {key: {"autograd": 0.0, "finite_differences": 0.0} for key, *_ in _params(ctx.model)}
+    for v in verdicts:
+        for k, e in v.ag.items():
+            worst[k]["autograd"] = max(worst[k]["autograd"], e)
+        for k, e in v.fd.items():
+            worst[k]["finite_differences"] = max(worst[k]["finite_differences"], e)
+    return worst
+
+
+def _comparison(verdicts) -> dict:
+    """Our gradients next to autograd's for verbose output: the batch record if any, else the first."""
+    usable = [v for v in verdicts if v.grads]
+    if not usable:
+        return {}
+    v = max(usable, key=lambda v: v.batch)
+    return {"label": v.label, "rows": {k: (v.grads[k], v.refs[k]) for k in v.grads}}
+
+
+# ============================================================================================
+# judge: the checks
+# ============================================================================================
+def _build_checks(collection, verdicts, ctx) -> list:
+    singles = [v for v in verdicts if v.batch == 1]
+    batches = [v for v in verdicts if v.batch > 1]
+    n_entries = sum(p.numel() for *_, p in _params(ctx.model))
+    checks = [_check_runs(collection, verdicts), _check_no_autograd(collection, verdicts),
+              _check_unchanged(verdicts), _check_stored(verdicts, ctx),
+              _check_values("autograd", CHECKS["autograd"], singles, "ag", ctx)]
+    if collection.get("batch"):
+        name = CHECKS["autograd_batch"].format(n=collection.get("n_samples"))
+        checks.append(_check_values("autograd_batch", name, batches, "ag", ctx))
+    checks.append(_check_values("finite_differences", CHECKS["finite_differences"], verdicts, "fd", ctx,
+                                passed=f"centred differences over all {n_entries} parameter entries "
+                                       f"(step {ctx.h:g}): relative error below {ctx.tol_fd:.0e}"))
+    return checks
+
+
+def _check_runs(collection, verdicts) -> Check:
+    name = CHECKS["runs"]
+    if not verdicts:
+        return Check(name, False, "not run: no call was made", id="runs")
+    failed = [v for v in verdicts if v.rec.get("error") and not v.rec.get("autograd_used")]
+    if not failed:
+        n, points = collection.get("n_samples"), collection.get("n_points")
+        how = "one at a time and as one batch" if collection.get("batch") else "one at a time"
+        return Check(name, True, f"{len(verdicts)} calls ({n} samples {how}, {points} parameter "
+                                 f"point{'s' if points != 1 else ''})", id="runs")
+    first = failed[0]
+    if first.rec.get("timed_out"):
+        hint = ("; an endless loop? The remaining calls were skipped (main_test(..., timeout=SECONDS) sets "
+                "the limit)")
+    elif first.rec.get("exited"):
+        hint = "; backpropagation must return, not exit (sys.exit() would stop the notebook or the grader)"
+    elif "does not require grad" in first.rec["error"] or "grad_fn" in first.rec["error"]:
+        hint = "; y_pred, a[l] and z[l] are given without their autograd graph: compute the gradients by hand"
+    elif not any(v.rec.get("error") for v in verdicts if v.batch == 1):
+        hint = (f" (it works one sample at a time but not on a batch of {first.batch}: make it vectorised "
+                "over the batch dimension)")
+    else:
+        hint = ""
+    error = first.rec["error"]
+    what = error.split(": ", 1)[1] if first.rec.get("timed_out") or first.rec.get("exited") else f"raised {error}"
+    return Check(name, False, f"{what} ({first.label}){hint}",
+                 [f"{v.label}: {v.rec['error']}" for v in failed], id="runs")
+
+
+def _check_no_autograd(collection, verdicts) -> Check:
+    name = CHECKS["no_autograd"]
+    used = [v for v in verdicts if v.rec.get("autograd_used")]
+    evaluated = [v for v in verdicts if v.rec.get("forward_evaluations")]
+    static = list(collection.get("static_findings") or [])
+    if not (used or evaluated or static):
+        return Check(name, True, "given y_pred, a[l], z[l] without their graph, with autograd blocked, it "
+                                 "evaluated no forward pass", id="no_autograd")
+    parts = []
+    if used:
+        how = "; ".join(dict.fromkeys(h for v in used for h in v.rec.get("autograd_how") or []))
+        parts.append(f"it used autograd: {how or 'autograd'} ({used[0].label})")
+    if evaluated:
+        parts.append(f"it evaluated the model or its layers {evaluated[0].rec['forward_evaluations']} times "
+                     f"({evaluated[0].label}): backpropagation runs without evaluating the model (no forward "
+                     "pass, no finite differences, no forward-mode AD); use the a[l], z[l] of the forward pass")
+    if static:
+        parts.append("its code refers to " + "; ".join(static[:3]))
+    message = "; ".join(parts) + ". Compute the gradients by hand from model.a, model.z, model.df and the weights"
+    details = [f"{v.label}: " + "; ".join(v.rec.get("autograd_how") or []) for v in used] + static
+    return Check(name, False, message, details, id="no_autograd")
+
+
+_CHANGE_FIELDS = ("changed_parameters", "changed_grads", "changed_inputs", "changed_attributes")
+
+
+def _check_unchanged(verdicts) -> Check:
+    name = CHECKS["unchanged"]
+    found = [(v, msg) for v in verdicts for f in _CHANGE_FIELDS for msg in v.rec.get(f) or []]
+    if not found:
+        return Check(name, True, "every weight and bias bitwise unchanged (values and versions); .grad, y_pred, "
+                                 "y_true, a[l], z[l], L, n_l, fc, f, df untouched", id="unchanged")
+    v, msg = found[0]
+    return Check(name, False, f"{_change_message(msg)} ({v.label})", list(dict.fromkeys(m for _, m in found)),
+                 id="unchanged")
+
+
+def _change_message(msg):
+    if msg.startswith("y_pred"):
+        return ("y_pred was changed in place: `delta = y_pred` does not copy, so `delta -= y_true` changes "
+                "y_pred (and model.a[L]); write delta = y_pred - y_true")
+    if msg.startswith(("y_true", "model.a", "model.z")):
+        return f"{msg.split(' ')[0]} was changed in place: backpropagation only reads its inputs"
+    if "was modified" in msg or "replaced by a new tensor" in msg:
+        return (msg + "; backpropagation must only compute dL_dw / dL_db: the parameter update belongs to the "
+                "training loop")
+    return msg
+
+
+def _check_stored(verdicts, ctx) -> Check:
+    name = CHECKS["stored"]
+    problems = [(v, key, why) for v in verdicts for key, why in v.problems]
+    if not problems:
+        if not any(v.grads for v in verdicts):
+            return Check(name, False, "not checked: " + _why_not_compared(verdicts), id="stored")
+        return Check(name, True, f"dL_dw[l], dL_db[l] for l = 1..{ctx.model.L}", id="stored")
+    details = list(dict.fromkeys(f"{why} ({v.label})" for v, _, why in problems))
+    v, key, why = problems[0]
+    return Check(name, False, f"{why} ({v.label})", details, id="stored")
+
+
+def _why_not_compared(verdicts) -> str:
+    if all(v.rec.get("error") for v in verdicts):
+        return "backpropagation raised an error in every call"
+    if not any(v.by_hand for v in verdicts):
+        return "the gradients were not computed by hand (autograd or evaluations of the model, see above)"
+    return "no gradient was stored with the right shape and dtype"
+
+
+def _check_values(check_id, name, verdicts, attr, ctx, passed=None) -> Check:
+    """Agreement with autograd (``attr="ag"``) or finite differences (``"fd"``)."""
+    tol = ctx.tol_ag if attr == "ag" else ctx.tol_fd
+    if not any(v.grads for v in verdicts):
+        return Check(name, False, "not checked: " + (_why_not_compared(verdicts) if verdicts else "no call"),
+                     id=check_id)
+    fails = [(v, [k for k, e in getattr(v, attr).items() if e > tol]) for v in verdicts]
+    fails = [(v, keys) for v, keys in fails if keys]
+    if not fails:
+        return Check(name, True, passed or f"relative error below {tol:.0e} for every layer and parameter",
+                     id=check_id)
+    v, keys = fails[0]
+    message = _failure_text(v, keys, attr, tol, ctx) + f"; likely cause: {_cause(v, keys, ctx, attr)}"
+    details = [f"{w.label}: " + ", ".join(f"{k} {getattr(w, attr)[k]:.2e}" for k in ks) for w, ks in fails]
+    return Check(name, False, message, details, id=check_id)
+
+
+def _failure_text(v, keys, attr, tol, ctx) -> str:
+    errors = getattr(v, attr)
+    refs = v.refs if attr == "ag" else v.fd_refs
+    reference = "autograd" if attr == "ag" else f"finite differences (step {ctx.h:g})"
+    worst = max(keys, key=errors.get)
+    index, ours, theirs = _worst_entry(v.grads[worst], refs[worst])
+    text = (f"{worst} (layer {_layer(worst)} {_kind(worst)}) is wrong: relative error {errors[worst]:.2e} > "
+            f"{tol:.0e} ({v.label}); worst entry {worst}{index}: ours {ours:.6g} vs {reference} {theirs:.6g}")
+    others = [k for k in keys if k != worst]
+    if others:
+        text += "; also wrong: " + ", ".join(f"{k} ({errors[k]:.2e})" for k in others)
+    return text
+
+
+def _worst_entry(g, r):
+    diff = (g - r).abs().flatten()
+    i = int(diff.argmax()) if diff.numel() else 0
+    index = list(torch.unravel_index(torch.tensor(i), g.shape)) if g.dim() else []
+    return [int(j) for j in index], g.flatten()[i].item(), r.flatten()[i].item()
+
+
+def _layer(key) -> int:
+    return int(key[key.index("[") + 1:key.index("]")])
+
+
+def _kind(key) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _cause(v, keys, ctx, attr) -> str:
+    cache_key = frozenset(keys)
+    if cache_key not in v.causes:
+        _load_point(ctx.model, ctx.points[v.rec["point"]])
+        found = _diagnose(v, [k for k in keys if k in v.grads], ctx)
+        if not found and attr == "fd" and all(e <= ctx.tol_ag for e in v.ag.values()):
+            found = (f"the gradients agree with autograd but not with finite differences: the step {ctx.h:g} may "
+                     "be too large, or the model has kinks (relu at 0)")
+        v.causes[cache_key] = found or "not recognised; compare the gradients with autograd's (verbose=True)"
+    return v.causes[cache_key]
+
+
+# ============================================================================================
+# judge: finite differences
+# ============================================================================================
+def _finite_differences(model, x, y, loss, h):
+    """Centred differences of every per-sample loss with respect to every parameter entry.
+
+    Returns ``({key: (n_samples, *param.shape)}, {key: (n_samples,) error level})`` in float64.
+    Each entry's difference is (L(θ + h e_i) - L(θ - h e_i)) / (actual step), both losses from a
+    forward pass of the network with that one entry moved. Batched: the layers below the entry's
+    layer do not change; in its layer only the entry's output unit changes, recomputed from the
+    moved weight row; the layers above run for many entries at once. Models whose forward is not
+    fc[l] then f[l] get the plain way: each entry moved in place, ``model(x)``, put back.
+
+    The error level (a norm over the entries) is the rounding noise, 100 (|L| + 1) u / h per entry,
+    plus the truncation error h² L'''/6 estimated from the differences at 2h: twice |D(2h) - D(h)|/3.
+    A gradient closer than that to the differences cannot be told wrong by them.
+    """
+    with torch.no_grad():
+        acts, _ = _layerwise(model, x)
+        layerwise = torch.allclose(acts[-1], model(x), rtol=1e-10, atol=0) if acts else False
+        differences = _fd_layerwise if layerwise else _fd_in_place
+        out, double = differences(model, x, y, loss, h), differences(model, x, y, loss, 2 * h)
+        unit = torch.finfo(_dtype(model)).eps
+        base = _per_sample_loss(loss, model(x).flatten(1), y).to(torch.float64).abs()
+        noise = {key: 100 * unit * (base + 1) / h * math.sqrt(p.numel())
+                 + 2 / 3 * (double[key] - out[key]).flatten(1).norm(dim=1) for key, *_, p in _params(model)}
+    return out, noise
+
+
+def _layerwise(model, x):
+    """a[0..L], z[1..L] computed layer by layer (empty lists when the model has no f)."""
+    if not isinstance(getattr(model, "f", None), dict):
+        return [], []
+    try:
+        acts, zs = [torch.flatten(x, 1)], [None]
+        for l in range(1, model.L + 1):
+            zs.append(model.fc[str(l)](acts[-1]))
+            acts.append(model.f[l](zs[-1]))
+        return acts, zs
+    except Exception:
+        return [], []
+
+
+def _fd_layerwise(model, x, y, loss, h):
+    acts, zs = _layerwise(model, x)
+    out = {}
+    for key, l, kind, _, p in _params(model):
+        W, b = model.fc[str(l)].weight, model.fc[str(l)].bias
+        n_out, n_in = W.shape
+        rows = torch.arange(n_out).repeat_interleave(n_in) if kind == "weight" else torch.arange(n_out)
+        values = p.detach().reshape(-1)
+        chunk = max(1, 2 ** 22 // (acts[0].shape[0] * max(model.n_l)))
+        diffs = [_fd_chunk(model, l, kind, acts, zs, y, loss, h, rows[s:s + chunk], values[s:s + chunk],
+                           torch.arange(s, min(s + chunk, len(rows))) % n_in, W, b)
+                 for s in range(0, len(rows), chunk)]
+        out[key] = torch.cat(diffs).T.reshape(acts[0].shape[0], *p.shape)
+    return out
+
+
+def _fd_chunk(model, l, kind, acts, zs, y, loss, h, rows, values, cols, W, b):
+    """(entries, samples) centred differences for the entries ``values`` of layer l's weight or bias."""
+    losses = []
+    for moved in (values + h, values - h):
+        w_rows, bias = W[rows].clone(), b[rows].clone()       # the weight row of each entry's unit
+        if kind == "weight":
+            w_rows[torch.arange(len(rows)), cols] = moved
+        else:
+            bias = moved
+        z = zs[l].expand(len(rows), *zs[l].shape).clone()    # (entries, samples, n_l)
+        z[torch.arange(len(rows)), :, rows] = (acts[l - 1] @ w_rows.T + bias).T
+        losses.append(_per_sample_loss(loss, _forward_from(model, l, z), y))
+    steps = ((values + h) - (values - h)).to(torch.float64)   # the perturbations actually made
+    return (losses[0] - losses[1]).to(torch.float64) / steps[:, None]
+
+
+def _forward_from(model, l, z):
+    a = model.f[l](z)
+    for m in range(l + 1, model.L + 1):
+        a = model.f[m](model.fc[str(m)](a))
+    return a
+
+
+def _fd_in_place(model, x, y, loss, h):
+    """The plain way, for any forward: each entry moved in place, one forward, put back bitwise."""
+    out = {}
+    for key, *_, p in _params(model):
+        flat, rows = p.detach().view(-1), []
+        for k, orig in enumerate(flat.tolist()):
+            flat[k] = orig + h
+            up = _per_sample_loss(loss, model(x).flatten(1), y)
+            flat[k] = orig - h
+            down = _per_sample_loss(loss, model(x).flatten(1), y)
+            flat[k] = orig
+            rows.append((up - down).to(torch.float64) / ((orig + h) - (orig - h)))
+        out[key] = torch.stack(rows).T.reshape(x.shape[0], *p.shape)
+    return out
+
+
+# ============================================================================================
+# model access and losses
+# ============================================================================================
 def _params(model):
     """[(key, layer, kind, store name, parameter)] for layers 1..L."""
     out = []
@@ -184,70 +1595,33 @@ def _params(model):
     return out
 
 
+def _dtype(model):
+    return _params(model)[0][-1].dtype
+
+
 def _describe(model) -> str:
     return f"{type(model).__name__}({list(model.n_l)})"
 
 
-def _fetch(model, store_name, l):
-    store = getattr(model, store_name, None)
-    if store is None:
-        return None, f"model.{store_name} does not exist"
-    try:
-        return store[l], None
-    except (KeyError, IndexError, TypeError):
-        if isinstance(store, dict) and str(l) in store:
-            return None, f"model.{store_name} is keyed by strings ('{l}'); key it by the int layer number {l}"
-        return None, f"model.{store_name}[{l}] was not stored"
+def _class_name(model) -> str:
+    return model.__name__ if isinstance(model, type) else type(model).__name__
 
 
-# --------------------------------------------------------------------------------------------
-# calling the student's function under guard
-# --------------------------------------------------------------------------------------------
-class _AutogradUsed(RuntimeError):
-    pass
+def _save_parameters(model):
+    return [(p, p.detach().clone(), p.grad) for *_, p in _params(model)]
 
 
-class _BlockedEngine:
-    """Stands in for autograd's engine while ``backprop_fn`` runs: any backward pass raises."""
-
-    def __init__(self, engine):
-        self._engine = engine
-        self.used = False
-
-    def run_backward(self, *args, **kwargs):
-        self.used = True
-        raise _AutogradUsed("autograd is blocked while backpropagation runs (the gradients must be "
-                            "computed by hand): do not call .backward() or torch.autograd.grad")
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
+def _restore_parameters(model, saved):
+    with torch.no_grad():
+        for p, value, grad in saved:
+            p.copy_(value)
+            p.grad = grad
 
 
-@contextlib.contextmanager
-def _autograd_blocked():
-    from torch.autograd.variable import Variable
-    engine = Variable._execution_engine
-    blocked = _BlockedEngine(engine)
-    Variable._execution_engine = blocked
-    try:
-        yield blocked
-    finally:
-        Variable._execution_engine = engine
-
-
-@dataclass
-class _Call:
-    label: str
-    x: torch.Tensor = None
-    y: torch.Tensor = None
-    batch: int = 1
-    error: str | None = None
-    autograd_used: bool = False
-    changed: list = field(default_factory=list)
-    problems: dict = field(default_factory=dict)   # key -> (category, message)
-    grads: dict = field(default_factory=dict)      # key -> float64 tensor (valid shape)
-    refs: dict = field(default_factory=dict)       # key -> autograd's gradient
-    errors: dict = field(default_factory=dict)     # key -> relative error vs autograd
+def _load_point(model, point):
+    with torch.no_grad():
+        for key, *_, p in _params(model):
+            p.copy_(point[key])
 
 
 def _loss_value(loss, y_pred, y_true):
@@ -256,529 +1630,254 @@ def _loss_value(loss, y_pred, y_true):
     return e.sum() if reduction == "sum" else e.mean()
 
 
-def _per_sample_losses(loss, y_pred, y_true):
-    fn, reduction, _ = LOSSES[loss]
-    e = fn(y_pred, y_true).flatten(1)
-    return e.sum(1) if reduction == "sum" else e.mean(1)
+def _per_sample_loss(loss, outputs, y):
+    """(..., n_samples, n_L) outputs -> (..., n_samples) losses."""
+    e = _FUNCTIONAL[loss](outputs, y.expand_as(outputs), reduction="none")
+    return e.sum(-1) if LOSSES[loss][1] == "sum" else e.mean(-1)
 
 
-def _shape_problem(g, p, key, where, batch):
-    """A message when ``g`` cannot be the gradient of ``p`` (shape), else None."""
-    shape, got = tuple(p.shape), tuple(g.shape)
-    if got == shape:
-        return None
-    kind = "weight" if p.dim() == 2 else "bias"
-    msg = f"{where} has shape {got}, expected {shape} (the shape of {key})"
-    if kind == "weight" and got == shape[::-1]:
-        return ("transposed", msg + ": it is transposed; dL_dw[l] = Δᵀ A^(l-1) has shape (n_l, n_(l-1))")
-    if kind == "bias" and len(got) == 2 and got[1] == shape[0] and got[0] == batch and batch > 1:
-        return ("bias not summed", msg + f": one row per sample; the bias gradient sums Δ over the "
-                "batch: dL_db[l] = Δ.sum(dim=0)")
-    if g.numel() == p.numel():
-        return ("shape", msg + ": same entries, extra or missing dimension (sum Δ over dim 0 for the "
-                "bias, do not keep the batch dimension)")
-    if kind == "bias" and len(got) == 2 and got[1] == shape[0]:
-        return ("bias not summed", msg + ": the bias gradient must be summed over the batch: dL_db[l] = Δ.sum(dim=0)")
-    return ("shape", msg)
+# ============================================================================================
+# MNIST, standalone
+# ============================================================================================
+@functools.lru_cache(maxsize=4)
+def _mnist_test(root: str):
+    """(uint8 images (10000, 28, 28), int64 labels) of the MNIST test split under ``root``."""
+    from torchvision.datasets import MNIST
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+    with contextlib.suppress(RuntimeError):
+        ds = MNIST(root, train=False)          # torchvision's complete folder
+        return ds.data, ds.targets
+    raw = Path(root) / "MNIST" / "raw"
+    found = [_raw_file(raw, name) for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+    if all(found):
+        return _read_idx(found[0], read_image_file), _read_idx(found[1], read_label_file)
+    if os.environ.get("INF265_OFFLINE") != "1":
+        with contextlib.suppress(Exception):  # offline: the error below
+            ds = MNIST(root, train=False, download=True)
+            return ds.data, ds.targets
+    raise FileNotFoundError(
+        f"No MNIST test split in {raw}. Go online (torchvision downloads it), or set DATA_DIR (or pass "
+        "root=...) to a folder holding MNIST/raw/t10k-images-idx3-ubyte.gz and MNIST/raw/t10k-labels-idx1-ubyte.gz.")
 
 
-def _call(backprop_fn, model, x, y, loss, label, batch, tol):
-    """Forward, call ``backprop_fn`` under guard, collect its gradients and autograd's."""
-    call = _Call(label, x, y, batch)
-    named = _params(model)
-    with torch.enable_grad():
-        y_pred = model(x)
-    sentinels, snaps = {}, {}
-    for key, l, kind, _, p in named:
-        sentinels[key] = torch.full_like(p, float("nan"))
-        p.grad = sentinels[key]
-        snaps[key] = p.detach().clone()
-    # empty the gradient stores, so that a gradient left over from a previous call is not taken
-    # for this call's (the student's function must store every layer each time)
-    for store_name in ("dL_dw", "dL_db"):
-        store = getattr(model, store_name, None)
-        if isinstance(store, dict):
-            for key in store:
-                store[key] = None
-    args = (model, y.clone(), y_pred)
-    kwargs = {} if loss == "sse" else {"loss": loss}
-    with _autograd_blocked() as engine:
-        try:
-            backprop_fn(*args, **kwargs)
-        except _AutogradUsed:
-            pass
-        except Exception as exc:  # reported as a failed check, never raised from the harness
-            call.error = f"{type(exc).__name__}: {exc}"
-    call.autograd_used = engine.used
-    # parameters and .grad untouched?  (then restore both, whatever happened)
-    for key, l, kind, _, p in named:
-        current = getattr(model.fc[str(l)], kind)
-        if current is not p:
-            call.changed.append(f"{key} was replaced by a new tensor")
-            setattr(model.fc[str(l)], kind, p)
-        elif not torch.equal(p.detach(), snaps[key]):
-            delta = (p.detach() - snaps[key]).abs().max().item()
-            call.changed.append(f"{key} was modified (largest change {delta:.3g})")
-        g = p.grad
-        if g is not sentinels[key] or not torch.isnan(g).all():
-            call.changed.append(f"{key}.grad was changed")
-        with torch.no_grad():
-            p.copy_(snaps[key])
-        p.grad = None
-    # the student's gradients
-    for key, l, kind, store, p in named:
-        if call.error or call.autograd_used:
-            break
-        where = f"model.{store}[{l}]"
-        g, why = _fetch(model, store, l)
-        if g is None:
-            call.problems[key] = ("missing", why or f"{where} is None: no gradient stored for layer {l}")
-            continue
-        if not isinstance(g, torch.Tensor):
-            call.problems[key] = ("type", f"{where} is a {type(g).__name__}, not a torch.Tensor")
-            continue
-        s = sentinels[key]
-        if g is s or (g.numel() and g.untyped_storage().data_ptr() == s.untyped_storage().data_ptr()) \
-                or (g.numel() and g.is_floating_point() and torch.isnan(g).all()):
-            call.problems[key] = ("copied .grad", f"{where} was copied from {key}.grad: the harness empties "
-                                  ".grad (fills it with NaN) while backpropagation runs, so the gradient must "
-                                  "be computed by hand, not taken from autograd")
-            continue
-        bad = _shape_problem(g, p, key, where, batch)
-        if bad:
-            call.problems[key] = bad
-            continue
-        if g.dtype != p.dtype:
-            call.problems[key] = ("dtype", f"{where} has dtype {g.dtype}, expected {p.dtype} (the dtype of "
-                                  f"{key}); compute with the model's tensors, do not create float32 tensors")
-            continue
-        if g.device != p.device:
-            call.problems[key] = ("device", f"{where} is on {g.device}, expected {p.device}")
-            continue
-        if not torch.isfinite(g).all():
-            call.problems[key] = ("nan", f"{where} contains NaN or inf")
-            continue
-        call.grads[key] = g.detach().to(torch.float64).clone()
-    # autograd's gradients, on a fresh forward pass (the student may have changed model.a / z)
-    with torch.enable_grad():
-        refs = torch.autograd.grad(_loss_value(loss, model(x), y), [p for *_, p in named])
-    # autograd is not exact either: with saturated tanh/sigmoid units, 1 - tanh(z)^2 cancels; its
-    # absolute error is about u times the gradient with every f' replaced by 1 (the floor below)
+def _raw_file(raw: Path, name: str):
+    return next((p for p in (raw / name, raw / f"{name}.gz") if p.is_file()), None)
+
+
+def _read_idx(path: Path, reader):
     try:
-        undamped = _variant_grads(model, x, y, loss, {l: "none" for l in range(1, model.L + 1)})
-    except Exception:  # a model without f / df: plain relative error
-        undamped = {}
-    unit = torch.finfo(named[0][-1].dtype).eps
-    for (key, *_), r in zip(named, refs):
-        call.refs[key] = r.detach().to(torch.float64)
-        floor = 1e3 * unit * undamped[key].norm().item() / tol if key in undamped else 0.0
-        if key in call.grads:
-            call.errors[key] = relative_error(call.grads[key], call.refs[key], floor)
-    return call
+        if path.suffix != ".gz":
+            return reader(str(path))
+        with tempfile.TemporaryDirectory() as tmp:
+            plain = Path(tmp) / path.stem
+            plain.write_bytes(gzip.decompress(path.read_bytes()))
+            return reader(str(plain))
+    except (OSError, EOFError, AssertionError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"{path} could not be read as an MNIST idx file ({type(exc).__name__}: {exc}); "
+                         "replace it with the official file") from None
 
 
-# --------------------------------------------------------------------------------------------
-# finite differences
-# --------------------------------------------------------------------------------------------
-def _finite_differences(model, x, y, loss, h):
-    """Centred differences of every per-sample loss.
-
-    Returns ``({key: (n_samples, *param.shape)}, {key: (n_samples,) noise level})`` in float64.
-    Each parameter entry is perturbed in place and restored bitwise; one forward pass of all the
-    samples per perturbation. The noise level of a difference quotient is the rounding error of
-    the loss divided by the step, ``(|L| + 1) u / h`` per entry (u the unit roundoff), times 100.
-    """
-    out, noise = {}, {}
-    reduction = LOSSES[loss][1]
-    functional = _FUNCTIONAL[loss]
-
-    def per_sample(outputs):  # (..., n_samples, n_L) outputs -> (..., n_samples) losses
-        e = functional(outputs, y.expand_as(outputs), reduction="none")
-        return e.sum(-1) if reduction == "sum" else e.mean(-1)
-
-    with torch.no_grad():
-        unit = torch.finfo(_params(model)[0][-1].dtype).eps
-        base = per_sample(model(x).flatten(1)).to(torch.float64).abs()
-        for key, l, kind, _, p in _params(model):
-            flat = p.view(-1)
-            if p.device.type == "cpu" and p.dtype in (torch.float64, torch.float32) and p.is_contiguous():
-                flat = p.detach().numpy().reshape(-1)  # same memory; setting an entry is 30x faster
-            values = p.detach().reshape(-1).tolist()
-            ups, downs = [], []
-            for k, orig in enumerate(values):  # the model's outputs only; the losses come after
-                flat[k] = orig + h
-                ups.append(model(x))
-                flat[k] = orig - h
-                downs.append(model(x))
-                flat[k] = orig
-            v = torch.tensor(values, dtype=p.dtype)
-            steps = ((v + h) - (v - h)).to(torch.float64)  # the perturbations actually made
-            diff = per_sample(torch.stack(ups).flatten(2)) - per_sample(torch.stack(downs).flatten(2))
-            rows = diff.to(torch.float64) / steps[:, None]                     # (entries, samples)
-            out[key] = rows.T.reshape(x.shape[0], *p.shape)
-            noise[key] = 100 * unit * (base + 1) / h * math.sqrt(p.numel())
-    return out, noise
+# ============================================================================================
+# diagnosis heuristics
+# ============================================================================================
+def _diagnose(v: _Verdict, keys, ctx):
+    """The likely cause of the failing parameters ``keys`` of one record (a sentence), or None."""
+    if not keys:
+        return None
+    precision = _float32_precision(v, keys, ctx)
+    if precision:
+        return precision
+    where = _where(v, keys, ctx.model.L)
+    how = _how(v, keys, ctx)
+    if where and how:
+        return f"{where}; there: {how}"
+    return where or how
 
 
-# --------------------------------------------------------------------------------------------
-# diagnosis
-# --------------------------------------------------------------------------------------------
-def _variant_grads(model, x, y, loss, mode):
-    """Autograd's gradients when the activation derivative is dropped or taken at ``a``.
+def _where(v, keys, L):
+    """Which part of the algorithm is wrong, from which layers' biases and weights are wrong."""
+    wrong_bias = sorted({_layer(k) for k in keys if _kind(k) == "bias"})
+    wrong_weight = sorted({_layer(k) for k in keys if _kind(k) == "weight"})
+    all_biases_known = all(f"fc[{l}].bias" in v.grads for l in range(1, L + 1))
+    if not wrong_bias and all_biases_known:
+        layers = ", ".join(map(str, wrong_weight))
+        return (f"δ is right at every layer (every bias gradient is right) but the weight gradient of layer "
+                f"{layers} is wrong: dL_dw[l] = Δ^(l)ᵀ A^(l-1), with A^(l-1) = a[l-1]")
+    if not wrong_weight and wrong_bias:
+        return "only the biases are wrong: dL_db[l] is Δ^(l) summed over the rows (samples)"
+    if wrong_bias and L not in wrong_bias and f"fc[{L}].bias" in v.grads:
+        return (f"the output layer is right but δ is wrong from layer {max(wrong_bias)} down: its propagation "
+                "back is wrong; check Δ^(l-1) = (Δ^(l) W^(l)) ⊙ f'(Z^(l-1)) and which a / z / W / f' each "
+                "layer uses")
+    return None
 
-    ``mode`` maps a layer to "none" (f' treated as 1) or "at_a" (f'(a) used instead of f'(z)).
+
+def _how(v, keys, ctx):
+    g = {k: v.grads[k] for k in keys}
+    r = {k: v.refs[k] for k in keys}
+    if all(g[k].abs().max() == 0 for k in keys):
+        return "the gradients are all zero"
+    for test in (_first_sample_only, _uniform_scale, _transposed_square, _known_variant):
+        found = test(v, g, r, ctx)
+        if found:
+            return found
+    return None
+
+
+def _match_tol(ctx):
+    return max(MATCH, 100 * torch.finfo(_dtype(ctx.model)).eps)
+
+
+def _first_sample_only(v, g, r, ctx):
+    if v.batch < 2:
+        return None
+    first, _ = _references(ctx, v.rec["samples"][:1])
+    if all(relative_error(g[k], first[k]) <= _match_tol(ctx) for k in g):
+        return ("only the first sample of the batch is used (e.g. y_pred[0] or a[l][0]); the batch gradient "
+                "sums over every row: dL_dw[l] = Δᵀ A^(l-1), dL_db[l] = Δ.sum(dim=0)")
+    return None
+
+
+def _uniform_scale(v, g, r, ctx):
+    num = sum((g[k] * r[k]).sum().item() for k in g)
+    den = sum((r[k] * r[k]).sum().item() for k in g)
+    if den <= 0:
+        return None
+    c = num / den
+    if not all((g[k] - c * r[k]).norm().item() <= _match_tol(ctx) * g[k].norm().item() for k in g):
+        return None
+    if ctx.model.L not in {_layer(k) for k in g}:  # only layers below the output: not the loss's derivative
+        if abs(c - 1) <= 1e-3:
+            return None
+        return "the sign is flipped" if abs(c + 1) < 1e-6 else f"the wrong gradients are scaled by {c:.6g}"
+    return _scale_name(c, v.batch, ctx.model.n_l[-1], ctx.loss)
+
+
+def _transposed_square(v, g, r, ctx):
+    square = [k for k in g if g[k].dim() == 2 and g[k].shape[0] == g[k].shape[1]]
+    if square and all(relative_error(g[k], r[k].T) <= _match_tol(ctx) for k in square) and \
+            all(k in square or relative_error(g[k], r[k]) <= _match_tol(ctx) for k in g):
+        layers = ", ".join(str(_layer(k)) for k in square)
+        return (f"the weight gradient is transposed on the square layers ({layers}), where the shape cannot tell: "
+                "dL_dw[l] = Δᵀ A^(l-1), shape (n_l, n_(l-1)); do not transpose only when the shape does not fit")
+    return None
+
+
+def _known_variant(v, g, r, ctx):
+    model = ctx.model
+    if not (isinstance(getattr(model, "f", None), dict) and isinstance(getattr(model, "df", None), dict)):
+        return None
+    x, y = ctx.x[v.rec["samples"]], ctx.y[v.rec["samples"]]
+    tol = _match_tol(ctx)
+    for name, derivatives, transposed in _variants(model):
+        try:
+            grads = _variant_grads(model, x, y, ctx.loss, derivatives, transposed)
+        except Exception:
+            continue
+        if all(relative_error(v.grads[k], grads[k]) <= tol for k in v.grads) and \
+                any(relative_error(grads[k], v.refs[k]) > tol for k in g):
+            return name
+    return None
+
+
+def _float32_precision(v, keys, ctx):
+    if _dtype(ctx.model) != torch.float64:
+        return None
+    g, r = v.grads, v.refs
+    if all(1e-12 < relative_error(g[k], r[k]) < 1e-4 and torch.equal(g[k], g[k].float().double()) for k in keys):
+        return ("the gradients have float32 precision: they were computed in float32 somewhere (e.g. torch.zeros(n) "
+                "with the default float32); create tensors with the model's dtype (zeros_like, dtype=...) or call "
+                "torch.set_default_dtype(torch.double) before building the model")
+    return None
+
+
+def _no_derivative(model, l, z, fz):
+    return torch.ones_like(z)
+
+
+_NO_DERIVATIVE = _no_derivative
+
+
+def _variants(model):
+    """[(cause, {layer: f' used there}, layers propagated with Wᵀ)] of known wrong backpropagations."""
+    L = model.L
+    every, hidden = range(1, L + 1), range(1, L)
+    at_a = lambda m, l, z, fz: m.df[l](fz)  # noqa: E731
+    f_not_df = lambda m, l, z, fz: m.f[l](z)  # noqa: E731
+    tanh_z = lambda m, l, z, fz: 1 - torch.tanh(z) ** 2  # noqa: E731
+    tanh_a = lambda m, l, z, fz: 1 - fz ** 2  # noqa: E731
+    above = lambda m, l, z, fz: m.df[l + 1](z)  # noqa: E731
+    square = [l for l in range(2, L + 1) if model.n_l[l] == model.n_l[l - 1]]
+    out = [("the activation derivative f'(z) is missing (at every layer)", {l: _NO_DERIVATIVE for l in every}, ()),
+           ("the activation derivative f'(z^(L)) of the output layer is missing", {L: _NO_DERIVATIVE}, ()),
+           ("the activation derivative is taken at a = f(z) instead of z (at every layer)",
+            {l: at_a for l in every}, ()),
+           ("the activation derivative of the output layer is taken at a = f(z) instead of z", {L: at_a}, ()),
+           ("f(z) is used instead of f'(z) (model.f instead of model.df)", {l: f_not_df for l in every}, ()),
+           ("the activation derivative is hard-coded as tanh' = 1 - a² (right for tanh layers only): use "
+            "model.df[l](model.z[l]), the layer's own f'", {l: tanh_a for l in every}, ()),
+           ("the activation derivative is hard-coded as tanh'(z) = 1 - tanh²(z) (right for tanh layers only): use "
+            "model.df[l], the layer's own f'", {l: tanh_z for l in every}, ())]
+    if L > 1:
+        out += [("the activation derivative f'(z^(l-1)) is missing when δ is propagated back "
+                 "(Δ^(l-1) = (Δ^(l) W^(l)) ⊙ f'(Z^(l-1)))", {l: _NO_DERIVATIVE for l in hidden}, ()),
+                ("the activation derivative of the hidden layers is taken at a = f(z) instead of z",
+                 {l: at_a for l in hidden}, ()),
+                ("the derivative of the layer above is used: Δ^(l-1) needs model.df[l-1](model.z[l-1]), not "
+                 "model.df[l]", {l: above for l in hidden}, ())]
+    if square:
+        layers = ", ".join(map(str, square))
+        out.append((f"δ is propagated with W^(l)ᵀ instead of W^(l) on the square layers ({layers}), where the "
+                    "shape cannot tell: Δ^(l-1) = (Δ^(l) W^(l)) ⊙ f'(Z^(l-1))", {}, tuple(square)))
+    return out
+
+
+def _variant_grads(model, x, y, loss, derivatives, transposed=()):
+    """Autograd's gradients of a modified backward pass, with the forward values unchanged.
+
+    ``derivatives`` maps a layer to the f' used there instead of the true one: ``fn(model, l, z,
+    f(z))``. On the layers in ``transposed``, δ goes back through Wᵀ instead of W (square W only).
     """
     a = torch.flatten(x, 1)
     with torch.enable_grad():
         for l in range(1, model.L + 1):
-            z = model.fc[str(l)](a)
+            layer = model.fc[str(l)]
+            if l in transposed:
+                w = layer.weight.detach()
+                z = (a.detach() @ layer.weight.T + layer.bias) + (a @ w - (a @ w).detach())
+            else:
+                z = layer(a)
             fz = model.f[l](z)
-            how = mode.get(l)
-            if how == "none":
-                a = fz.detach() + (z - z.detach())
-            elif how == "at_a":
-                a = fz.detach() + (z - z.detach()) * model.df[l](fz.detach())
+            if l in derivatives:
+                d = derivatives[l](model, l, z.detach(), fz.detach())
+                a = fz.detach() + (z - z.detach()) * d.detach()
             else:
                 a = fz
         grads = torch.autograd.grad(_loss_value(loss, a, y), [p for *_, p in _params(model)])
     return {key: g.detach().to(torch.float64) for (key, *_), g in zip(_params(model), grads)}
 
 
-def _variants(model):
-    L = model.L
-    hidden = range(1, L)
-    out = [("the activation derivative f'(z) is missing (at every layer)", {l: "none" for l in range(1, L + 1)}),
-           ("the activation derivative f'(z^(L)) of the output layer is missing", {L: "none"}),
-           ("the activation derivative is taken at a = f(z) instead of z (at every layer)",
-            {l: "at_a" for l in range(1, L + 1)}),
-           ("the activation derivative of the output layer is taken at a = f(z) instead of z", {L: "at_a"})]
-    if L > 1:
-        out += [("the activation derivative f'(z^(l-1)) is missing when δ is propagated back "
-                 "(Δ^(l-1) = Δ^(l) W^(l) ⊙ f'(Z^(l-1)))", {l: "none" for l in hidden}),
-                ("the activation derivative of the hidden layers is taken at a = f(z) instead of z",
-                 {l: "at_a" for l in hidden})]
-    return out
-
-
 def _scale_name(c, batch, n_out, loss):
+    """The name of a uniform scale factor ``c`` of every gradient, or None."""
     mean = LOSSES[loss][1] == "mean"
     names = [(-1.0, "the sign is flipped: ∂L/∂ŷ = -2(y - ŷ) = 2(ŷ - y)" if loss in ("sse", "mse")
               else "the sign is flipped"),
-             (2.0, "off by a factor 2 (too large)"), (0.5, "off by a factor 2 (too small): "
-                                                        "d/dŷ (y - ŷ)² = -2(y - ŷ)"),
+             (2.0, "off by a factor 2 (too large)"),
+             (0.5, "off by a factor 2 (too small): d/dŷ (y - ŷ)² = -2(y - ŷ)"),
              (-2.0, "sign flipped and off by a factor 2"), (-0.5, "sign flipped and off by a factor 2")]
     if not mean:
-        names += [(1.0 / (batch * n_out) if batch > 1 else 1.0, "mean instead of sum: divided by batch size x outputs "
-                   f"({batch} x {n_out}); the loss is the SUM of squared errors, not nn.MSELoss()'s mean"),
+        names += [(1.0 / (batch * n_out) if batch > 1 else 1.0, "mean instead of sum: divided by batch size x "
+                   f"outputs ({batch} x {n_out}); the loss is the SUM of squared errors, not nn.MSELoss()'s mean"),
                   (1.0 / batch, f"mean instead of sum over the batch: divided by the batch size {batch}; the "
                    "loss sums over the samples"),
                   (1.0 / n_out, f"mean instead of sum over the outputs: divided by n_L = {n_out}; the loss "
                    "sums the squared errors")]
     else:
-        names += [(batch * n_out if batch > 1 else 1.0, f"sum instead of mean: {batch * n_out} times too large; loss '{loss}' is "
-                   "a mean over all entries"),
+        names += [(batch * n_out if batch > 1 else 1.0, f"sum instead of mean: {batch * n_out} times too large; "
+                   f"loss '{loss}' is a mean over all entries"),
                   (float(batch), f"sum instead of mean over the batch: {batch} times too large"),
                   (float(n_out), f"sum instead of mean over the outputs: {n_out} times too large")]
     found = [name for value, name in names if value != 1.0 and abs(c - value) <= 1e-6 * abs(value)]
     if found:  # several readings when they coincide (e.g. n_L = 2: factor 2 or mean over outputs)
         return ", or ".join(dict.fromkeys(found))
     return f"every gradient is scaled by {c:.6g}" if abs(c - 1) > 1e-3 else None
-
-
-def _diagnose(call, failing, model=None, x=None, y=None, loss="sse", batch=1, refs=None):
-    """The likely cause of the failing parameters (a sentence), or None."""
-    refs = refs if refs is not None else call.refs
-    keys = [k for k in failing if k in call.grads]
-    if not keys:
-        return None
-    layer_of = lambda k: int(k[3:k.index("]")])  # noqa: E731
-    L = model.L if model is not None else max(layer_of(k) for k in call.grads)
-    ok = lambda k: k in call.grads and k not in failing  # noqa: E731
-    where = None
-    if L > 1 and L not in {layer_of(k) for k in keys} and ok(f"fc[{L}].weight") and ok(f"fc[{L}].bias"):
-        where = ("only the last layer is right: the output δ^(L) is correct but its propagation back is "
-                 "wrong; check Δ^(l-1) = (Δ^(l) W^(l)) ⊙ f'(Z^(l-1)) and which a / z / W each layer uses")
-    elif all(k.endswith(".bias") for k in keys):
-        where = "only the biases are wrong: dL_db[l] is Δ^(l) summed over the rows (samples)"
-    elif all(k.endswith(".weight") for k in keys):
-        where = "only the weights are wrong: dL_dw[l] = Δ^(l)ᵀ A^(l-1), with A^(l-1) = a[l-1]"
-    how = _how(call, keys, refs, model, x, y, loss, batch)
-    if where and how:
-        return f"{where}; there: {how}"
-    return where or how
-
-
-def _how(call, keys, refs, model, x, y, loss, batch):
-    g = {k: call.grads[k] for k in keys}
-    r = {k: refs[k] for k in keys}
-    if all(g[k].abs().max() == 0 for k in keys):
-        return "the gradients are all zero"
-    # one scale factor for every failing parameter?
-    num = sum((g[k] * r[k]).sum().item() for k in keys)
-    den = sum((r[k] * r[k]).sum().item() for k in keys)
-    if den > 0:
-        c = num / den
-        if all((g[k] - c * r[k]).norm().item() <= MATCH * g[k].norm().item() for k in keys):
-            name = _scale_name(c, batch, model.n_l[-1] if model is not None else 1, loss)
-            if name:
-                return name
-    # transposed square weights
-    if all(g[k].dim() == 2 and g[k].shape[0] == g[k].shape[1] for k in keys) and \
-            all(relative_error(g[k], r[k].T) <= MATCH for k in keys):
-        return "the weight gradient is transposed: dL_dw[l] = Δᵀ A^(l-1), shape (n_l, n_(l-1))"
-    # a known wrong variant of backpropagation?
-    if model is not None and hasattr(model, "f") and hasattr(model, "df"):
-        for name, mode in _variants(model):
-            try:
-                v = _variant_grads(model, x, y, loss, mode)
-            except Exception:
-                break
-            if all(relative_error(call.grads[k], v[k]) <= MATCH for k in call.grads) and \
-                    any(relative_error(v[k], refs[k]) > MATCH for k in keys):
-                return name
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# the test
-# --------------------------------------------------------------------------------------------
-def _print_side_by_side(call, max_rows=8):
-    print("\n --------- Our gradients and autograd's, side by side ---------")
-    for key in call.refs:
-        ours = call.grads.get(key)
-        ref = call.refs[key].flatten()
-        print(f"\n ******* {key} ({call.label}) *******")
-        if ours is None:
-            print(f"  ours: {call.problems.get(key, ('', 'not available'))[1]}")
-            continue
-        ours = ours.flatten()
-        print(f"  {'entry':>8} {'ours':>14} {'autograd':>14}")
-        for i in range(min(len(ref), max_rows)):
-            print(f"  {i:>8} {ours[i].item():>14.6g} {ref[i].item():>14.6g}")
-        if len(ref) > max_rows:
-            print(f"  ... {len(ref) - max_rows} more entries")
-        print(f"  relative error: {call.errors.get(key, float('nan')):.2e}")
-
-
-def main_test(backprop_fn, model, eps=1e-6, verbose=False, data="toy", loss="sse",
-              n_samples=None, n_points=None, lr=0.01):
-    """Test ``backprop_fn(model, y_true, y_pred)`` on ``model``; print a report; raise if wrong.
-
-    Parameters
-    ----------
-    backprop_fn : the function under test; it must store ``model.dL_dw[l]`` and ``model.dL_db[l]``.
-    model : a ``MyNet``-like model (``L``, ``n_l``, ``fc``, ``z``, ``a``, ``f``, ``df``).
-    eps : step of the centred finite differences.
-    verbose : also print every gradient next to autograd's.
-    data : ``"toy"`` (the course's random toy data) or ``"mnist"`` (the first MNIST test images,
-        24x24 centre crop, one-hot targets; needs ``n_l[0] == 576`` and ``n_l[-1] == 10``).
-    loss : ``"sse"`` (the course's sum of squared errors; ``backprop_fn`` is called with three
-        arguments) or ``"mse"``, ``"bce"``, ``"logistic"`` (then called with ``loss=...``).
-    n_samples : number of samples (default 10 toy, 5 MNIST); they are checked one at a time and
-        as one batch.
-    n_points : number of parameter points (default 3 toy, 1 MNIST); between two points the model
-        takes a gradient step (``lr`` times autograd's gradient of the mean loss; undone at the end).
-
-    Returns a :class:`BackpropTestResult`; raises ``AssertionError`` (after the report) when a
-    check fails. Bad arguments raise ``ValueError``.
-    """
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(map(repr, LOSSES))}")
-    if data not in ("toy", "mnist"):
-        raise ValueError(f"unknown data {data!r}; use data='toy' or data='mnist'")
-    for attr in ("L", "n_l", "fc"):
-        if not hasattr(model, attr):
-            raise ValueError(f"the model has no attribute {attr!r}: main_test needs the course's MyNet "
-                             "interface (L, n_l, fc, z, a, f, df, dL_dw, dL_db)")
-    try:
-        params = [p for *_, p in _params(model)]
-    except (KeyError, AttributeError, TypeError) as exc:
-        raise ValueError(f"model.fc must map '1'..'{model.L}' to nn.Linear layers (the course's MyNet): "
-                         f"{type(exc).__name__}: {exc}") from None
-    dtype = params[0].dtype
-    if data == "mnist":
-        if model.n_l[0] != 24 * 24:
-            raise ValueError(f"data='mnist' needs a model with 24*24 = 576 inputs (MNIST images centre-"
-                             f"cropped to 24x24), but n_l[0] = {model.n_l[0]}: use e.g. MyNet([24*24, 16, 10])")
-        if model.n_l[-1] != 10:
-            raise ValueError(f"data='mnist' needs 10 outputs (one per digit, one-hot targets), but "
-                             f"n_l[-1] = {model.n_l[-1]}: use e.g. MyNet([24*24, 16, 10])")
-        n = n_samples or N_MNIST
-        x, y = load_mnist_sample(n, dtype)
-        points = n_points or 1
-    else:
-        n = n_samples or N_TOY
-        x, y = _toy_data(model, n, loss, dtype)
-        points = n_points or 3
-    tol_ag, tol_fd = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
-    if dtype != torch.float64:
-        eps = max(eps, 1e-3)
-    result = BackpropTestResult(_describe(model), data, loss)
-    keys = [k for k, *_ in _params(model)]
-    worst = {k: {"autograd": 0.0, "finite_differences": 0.0} for k in keys}
-    start = [p.detach().clone() for p in params]
-    start_grads = [p.grad for p in params]
-    bce_message = ("loss='bce' needs probabilities in [0, 1]: use a sigmoid output layer "
-                   "(or loss='logistic' with an identity output layer)")
-    with torch.no_grad():
-        probe = model(x)
-    if loss == "bce" and not ((probe >= 0) & (probe <= 1)).all():
-        raise ValueError(bce_message)
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead (x10 on a loaded machine)
-    singles, batches, fd_fail = [], [], []
-    ag_single_fail, ag_batch_fail = [], []
-    first_batch_call = None
-    try:
-        for point in range(points):
-            where = f"point {point + 1}"
-            for i in range(n):
-                c = _call(backprop_fn, model, x[i:i + 1], y[i:i + 1], loss, f"sample {i}, {where}", 1, tol_ag)
-                singles.append(c)
-            c = _call(backprop_fn, model, x, y, loss, f"batch of {n}, {where}", n, tol_ag)
-            batches.append(c)
-            first_batch_call = first_batch_call or c
-            calls = singles[-n:] + [c]
-            for call in calls:
-                for k, e in call.errors.items():
-                    worst[k]["autograd"] = max(worst[k]["autograd"], e)
-                failing = [k for k, e in call.errors.items() if e > tol_ag]
-                if failing:
-                    fails = ag_batch_fail if call is c else ag_single_fail
-                    # the report gives the likely cause of the first failure (diagnosing is slower)
-                    diag = None if fails else _diagnose(call, failing, model, call.x, call.y, loss, call.batch)
-                    fails.append((call, failing, diag))
-            # finite differences for every sample, one sweep per point
-            if any(call.grads for call in calls):
-                fd, noise = _finite_differences(model, x, y, loss, eps)
-                mean = LOSSES[loss][1] == "mean"
-                fd_batch = {k: v.mean(0) if mean else v.sum(0) for k, v in fd.items()}
-                # an absolute error below the noise of the differences passes (saturated units)
-                noise_batch = {k: v.sum().item() / (n if mean else 1) / tol_fd for k, v in noise.items()}
-                for i, call in enumerate(calls):
-                    if call is c:
-                        ref, floor = fd_batch, noise_batch
-                    else:
-                        ref, floor = {k: v[i] for k, v in fd.items()}, {k: v[i].item() / tol_fd for k, v in noise.items()}
-                    errs = {k: relative_error(call.grads[k], ref[k], floor[k]) for k in call.grads}
-                    for k, e in errs.items():
-                        worst[k]["finite_differences"] = max(worst[k]["finite_differences"], e)
-                    failing = [k for k, e in errs.items() if e > tol_fd]
-                    if failing:
-                        fd_fail.append((call, failing, errs))
-            if point + 1 < points:  # move to another point: one gradient step on the mean loss
-                scale = n if LOSSES[loss][1] == "sum" else 1
-                with torch.no_grad():  # (torch.optim would import torch._dynamo: 3 s)
-                    for p, r in zip(params, c.refs.values()):
-                        p -= lr * r.to(p.dtype) / scale
-    except RuntimeError as exc:  # nn.BCELoss on an output that left [0, 1]
-        if loss == "bce" and "between 0 and 1" in str(exc):
-            raise ValueError(bce_message) from None
-        raise
-    finally:
-        torch.set_num_threads(threads)
-        with torch.no_grad():
-            for p, s, g in zip(params, start, start_grads):
-                p.copy_(s)
-                p.grad = g
-    result.errors = worst
-    all_calls = singles + batches
-
-    # ---- the checks -------------------------------------------------------------------------
-    def add(name, passed, message, details=()):
-        result.checks.append(Check(name, bool(passed), message, list(details)))
-
-    errored = [c for c in all_calls if c.error and not c.autograd_used]
-    if errored:
-        single_ok = not any(c in errored for c in singles)
-        hint = (f" (it works one sample at a time but not on a batch of {n}: make it vectorised over the "
-                "batch dimension)") if single_ok else ""
-        add("runs without error", False, f"raised {errored[0].error} ({errored[0].label}){hint}",
-            [f"{c.label}: {c.error}" for c in errored])
-    else:
-        add("runs without error", True, f"{len(all_calls)} calls ({n} samples one at a time and as one batch, "
-            f"{points} parameter point{'s' if points > 1 else ''})")
-    used = [c for c in all_calls if c.autograd_used]
-    add("uses no autograd", not used,
-        "backpropagation called autograd (.backward() or torch.autograd.grad); gradients must be computed "
-        "by hand from model.a, model.z, model.df and the weights" if used else
-        "backpropagation ran before any backward pass, with .grad emptied and autograd blocked")
-    changed = [c for c in all_calls if c.changed]
-    add("changes no parameter and no .grad", not changed,
-        (f"{changed[0].changed[0]} ({changed[0].label}); backpropagation must only compute dL_dw / dL_db: "
-         "the parameter update belongs to the training loop") if changed else
-        "every weight and bias bitwise unchanged, .grad untouched",
-        sorted({msg for c in changed for msg in c.changed}))
-    problems = [(c, k, cat, msg) for c in all_calls for k, (cat, msg) in c.problems.items()]
-    if problems:
-        seen, details = set(), []
-        for c, k, cat, msg in problems:
-            if msg not in seen:
-                seen.add(msg)
-                details.append(f"{msg} ({c.label})")
-        c, k, cat, msg = problems[0]
-        add("gradients stored with the shape and dtype of their parameters", False, f"{msg} ({c.label})", details)
-    else:
-        add("gradients stored with the shape and dtype of their parameters", True,
-            f"dL_dw[l], dL_db[l] for l = 1..{model.L}")
-
-    def value_check(name, calls, fails, tol):
-        if not any(c.grads for c in calls):
-            add(name, False, "not checked: no usable gradient was stored")
-            return
-        if not fails:
-            add(name, True, f"relative error below {tol:.0e} for every layer and parameter")
-            return
-        call, failing, diag = fails[0]
-        k = max(failing, key=lambda key: call.errors[key])
-        where = ", ".join(f"{key} ({call.errors[key]:.2e})" for key in failing)
-        msg = f"wrong gradient for {where}, tolerance {tol:.0e} ({call.label})"
-        msg += f"; likely cause: {diag}" if diag else ""
-        details = [f"{c.label}: " + ", ".join(f"{key} {c.errors[key]:.2e}" for key in f) for c, f, _ in fails]
-        add(name, False, msg, details)
-
-    value_check("matches autograd, one sample at a time", singles, ag_single_fail, tol_ag)
-    value_check(f"matches autograd, batch of {n} samples", batches, ag_batch_fail, tol_ag)
-    n_entries = sum(p.numel() for p in params)
-    if not any(c.grads for c in all_calls):
-        add("matches finite differences", False, "not checked: no usable gradient was stored")
-    elif fd_fail:
-        call, failing, errs = fd_fail[0]
-        where = ", ".join(f"{k} ({errs[k]:.2e})" for k in failing)
-        add("matches finite differences", False,
-            f"wrong gradient for {where}, tolerance {tol_fd:.0e} ({call.label}; centred differences, step {eps:g})",
-            [f"{c.label}: " + ", ".join(f"{k} {e[k]:.2e}" for k in f) for c, f, e in fd_fail])
-    else:
-        add("matches finite differences", True,
-            f"centred differences over all {n_entries} parameter entries (step {eps:g}): relative error "
-            f"below {tol_fd:.0e}")
-
-    # ---- the report -------------------------------------------------------------------------
-    print("\n __________________________________________________________________ ")
-    print(f"  Check backpropagation: {result.model}, {data} data, loss '{loss}'")
-    print(f"  {n} samples, one at a time and as one batch; {points} parameter point{'s' if points > 1 else ''}")
-    if dtype != torch.float64:
-        print(f"  note: the model is {dtype}; the project uses torch.set_default_dtype(torch.double)."
-              f"\n  Tolerances loosened to {tol_ag:.0e} (autograd) and {tol_fd:.0e} (finite differences, step {eps:g}).")
-    print(" __________________________________________________________________ ")
-    if verbose and first_batch_call is not None:
-        _print_side_by_side(first_batch_call)
-        print("\n --------- Worst relative errors per parameter ---------")
-        for k in keys:
-            print(f"  {k:<14} autograd {worst[k]['autograd']:.2e}   finite differences "
-                  f"{worst[k]['finite_differences']:.2e}")
-        print()
-    for chk in result.checks:
-        print(chk.line())
-        if not chk.passed:
-            for d in chk.details[:3]:
-                print(f"           {d}")
-            if len(chk.details) > 3:
-                print(f"           ... and {len(chk.details) - 3} more")
-    print("\n" + result.summary())
-    if not result.passed:
-        err = AssertionError(result.failure_message())
-        err.result = result
-        raise err
-    return result
