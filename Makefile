@@ -1,7 +1,8 @@
 # INF265 Project 1 bundle. The two commands a newcomer needs:
 #   make run    install, check the data, execute every notebook in place, build report/report.pdf
 #   make test   pytest unit tests + nbval on every notebook
-# Others: make bench, make report, make grade SUBMISSION=folder, make data, make clean-venv
+# Others: make bench, make report, make grade SUBMISSIONS="dir1 dir2 ..." (or a glob), make gradescope,
+#         make data, make clean-venv
 #
 # Settings (environment or make VAR=...):
 #   DATA_DIR   data folder (default: data/). Offline here: DATA_DIR=../shared/data
@@ -23,7 +24,7 @@ NOTEBOOKS  := backpropagation.ipynb gradient_descent.ipynb toy_problems.ipynb
 PYTEST_ARGS ?=
 GRADE_ARGS ?=
 
-.PHONY: run test unit nbval bench report grade data venv clean-venv
+.PHONY: run test unit nbval bench report grade gradescope data venv clean-venv
 
 venv:
 	@tools/ensure-venv.sh $(VENV)
@@ -56,9 +57,16 @@ bench: venv
 report: venv
 	@$(PY) -m inf265.report
 
+# Grade students' folders: SUBMISSIONS="dir1 dir2 ..." or a glob (SUBMISSIONS='submissions/*');
+# SUBMISSION=dir for one. Reports and grades.csv go to grading-out/ (GRADE_ARGS="--out DIR ...").
+SUBMISSIONS ?= $(SUBMISSION)
 grade: venv
-	@test -n "$(SUBMISSION)" || { echo "usage: make grade SUBMISSION=path/to/student/folder" >&2; exit 2; }
-	@$(PY) -m grading "$(SUBMISSION)" $(GRADE_ARGS)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=\"dir1 dir2 ...\" (or SUBMISSIONS='submissions/*')" >&2; exit 2; }
+	@$(PY) -m grading $(SUBMISSIONS) $(GRADE_ARGS)
+
+# Gradescope's autograder package (setup.sh, run_autograder, the grader and the harness)
+gradescope: venv
+	@$(PY) -m grading.gradescope build dist/gradescope-autograder.zip
 
 clean-venv:
 	rm -rf $(VENV)

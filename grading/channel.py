@@ -119,3 +119,35 @@ def _valid_spec(spec) -> tuple[str, list[int], torch.dtype]:
             isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 31 for n in shape):
         raise ChannelError(f"malformed reply: tensor {name!r} has an invalid shape {shape!r}")
     return name, shape, DTYPES[dtype]
+
+
+def pack(obj, tensors: dict | None = None, prefix: str = "t") -> tuple[object, dict[str, torch.Tensor]]:
+    """``obj`` (dicts, lists, tuples, str, numbers, bools, None, tensors) as JSON data plus named tensors."""
+    tensors = {} if tensors is None else tensors
+    if isinstance(obj, torch.Tensor):
+        name = f"{prefix}{len(tensors)}"
+        tensors[name] = obj
+        return {"__tensor__": name}, tensors
+    if isinstance(obj, dict):
+        return {str(k): pack(v, tensors, prefix)[0] for k, v in obj.items()}, tensors
+    if isinstance(obj, (list, tuple)):
+        return [pack(v, tensors, prefix)[0] for v in obj], tensors
+    if obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj, tensors
+    return repr(obj), tensors
+
+
+def unpack(obj, tensors: dict[str, torch.Tensor], depth: int = 0):
+    """The inverse of :func:`pack`, on data that came through the channel (validated by the caller)."""
+    if depth > 64:
+        raise ChannelError("malformed reply: data nested too deeply")
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            name = obj["__tensor__"]
+            if name not in tensors:
+                raise ChannelError(f"malformed reply: it refers to a tensor {name!r} it did not send")
+            return tensors[name]
+        return {k: unpack(v, tensors, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unpack(v, tensors, depth + 1) for v in obj]
+    return obj

@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-gib", type=float, default=None, help="memory limit per sandboxed process (default 4)")
     p.add_argument("--jobs", "-j", type=int, default=1, help="grade this many submissions at the same time")
     p.add_argument("--harness", type=Path, default=DEFAULT_HARNESS, help="the official tests_backpropagation.py")
+    p.add_argument("--no-notebooks", action="store_true",
+                   help="only the checks of the functions: do not re-execute the notebooks")
     p.add_argument("--no-sandbox", action="store_true",
                    help="run students' code without bubblewrap isolation (the risk is written into every report)")
     return p
@@ -71,7 +73,7 @@ class Setup:
     """
 
     def __init__(self, rubric, harness: Path, check_timeout=None, cell_timeout=None, memory_gib=None,
-                 isolated: bool = True):
+                 isolated: bool = True, notebooks: bool = True):
         self.rubric = rubric
         self.line = (f"{sandbox.probe()}: no network, own PID namespace, read-only system, a private copy of "
                      f"the submission") if isolated else NO_SANDBOX
@@ -82,7 +84,8 @@ class Setup:
         self.course = course.build(harness)
         self.ctx = grade.Context(course=self.course, data=data_dir if data_dir.is_dir() else None, harness=harness,
                                  rubric=rubric, limits=limits, check_cpu=check_timeout or rubric.check_timeout,
-                                 cell_timeout=cell_timeout or rubric.cell_timeout, isolated=isolated)
+                                 cell_timeout=cell_timeout or rubric.cell_timeout, isolated=isolated,
+                                 notebooks=notebooks)
         self.limits_info = {"check_cpu": self.ctx.check_cpu, "cell_timeout": self.ctx.cell_timeout,
                             "resources": limits.describe()}
 
@@ -150,7 +153,7 @@ def main(argv=None) -> int:
                                 f"would replace it: choose another --out folder")
     try:
         setup = Setup(rubric, args.harness.resolve(), args.check_timeout, args.timeout, args.memory_gib,
-                      isolated=not args.no_sandbox)
+                      isolated=not args.no_sandbox, notebooks=not args.no_notebooks)
     except sandbox.SandboxUnavailable as exc:
         return _usage_error(f"refusing to grade: students' code cannot be isolated here.\n{exc}")
     reports = []

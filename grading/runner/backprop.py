@@ -1,1 +1,33 @@
-"""Runner requests of section 2 (written next)."""
+"""Runner request of section 2: the student's ``backpropagation`` on a net and data the grader chose.
+
+The student's ``MyNet(n_l)`` is built (with the activations the request names set in ``f`` /
+``df``), given each parameter point in turn, and the official harness's :func:`collect` calls
+``backpropagation`` under its guard. The reply is the collection (plain data and tensors) and
+the model's outputs at the first point; the trusted grader judges them.
+"""
+from __future__ import annotations
+
+import torch
+
+import tests_backpropagation as harness
+from grading.channel import pack
+
+
+def run(module, request: dict, tensors: dict) -> tuple[dict, dict]:
+    n_l = [int(n) for n in request["n_l"]]
+    model = module.MyNet(n_l).to(torch.float64)
+    for l, name in enumerate(request.get("activations") or [], start=1):
+        model.f[l], model.df[l] = harness.ACTIVATIONS[name]
+    keys = [f"fc[{l}].{kind}" for l in range(1, len(n_l)) for kind in ("weight", "bias")]
+    points = [{key: tensors[f"point{p}:{key}"] for key in keys} for p in range(int(request["n_points"]))]
+    x, y = tensors["x"], tensors["y"]
+    with torch.no_grad():
+        for key in keys:
+            l, kind = int(key[3:key.index("]")]), key.rsplit(".", 1)[1]
+            getattr(model.fc[str(l)], kind).copy_(points[0][key])
+        outputs = model(x).detach().clone()
+    collection = harness.collect(module.backpropagation, model, x, y, points, loss="sse",
+                                 batch=bool(request.get("batch")), timeout=float(request["timeout"]))
+    data, out = pack(collection, prefix="c")
+    out["outputs"] = outputs
+    return {"collection": data}, out

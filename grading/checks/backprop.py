@@ -1,0 +1,125 @@
+"""Trusted checks of section 2: the student's ``backpropagation`` judged by the official harness.
+
+The grader chooses the net, the parameters (the harness's parameter points) and the data; the
+runner returns what :func:`tests_backpropagation.collect` recorded while calling the student's
+function; here :func:`tests_backpropagation.judge` compares it with autograd and finite
+differences on the harness's own :class:`~tests_backpropagation.ReferenceNet`, in this process.
+
+The course's task is one sample at a time with the sum of squared errors on the course's nets
+(toy, MNIST, and square layers, all tanh); a batch, other activations and a deeper net are
+"beyond the course" checks. Partial credit follows the harness's sub-checks (rubric weights); a
+function that used autograd or evaluated the model scores 0.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from grading.channel import ChannelError, unpack
+from grading.session import BadReply, tensor, text
+
+#: check id -> the net (n_l, activations per layer or None for the course's tanh), data and batch
+PLANS = {
+    "backprop_toy": {"n_l": [2, 3, 2], "data": "toy"},
+    "backprop_mnist": {"n_l": [576, 16, 10], "data": "mnist"},
+    "backprop_square": {"n_l": [3, 3, 3, 2], "data": "toy"},
+    "backprop_batch": {"n_l": [4, 8, 3], "data": "toy", "batch": True, "n": 16},
+    "backprop_activations": {"n_l": [2, 4, 3, 2], "data": "toy", "activations": ["sigmoid", "relu", "identity"]},
+    "backprop_deep": {"n_l": [2, 5, 4, 3, 2], "data": "toy"},
+}
+#: harness sub-check id -> rubric weight name (the batch sub-check counts as the autograd one)
+WEIGHTS = {"runs": "runs", "unchanged": "untouched", "stored": "stored", "autograd": "autograd",
+           "autograd_batch": "autograd", "finite_differences": "finite_differences"}
+SEED = 265
+
+
+@functools.lru_cache(maxsize=4)
+def harness(path: str):
+    """The official harness, imported from ``path`` under a name of its own (our file, trusted)."""
+    spec = importlib.util.spec_from_file_location("inf265_official_harness", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (dataclasses look their module up)
+    spec.loader.exec_module(module)
+    return module
+
+
+def setup(h, plan: dict, data_dir: Path | None):
+    """(reference net, x, y, points) for a plan: the same every time (seeded)."""
+    n_l = plan["n_l"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        reference = h.ReferenceNet(n_l, plan.get("activations") or "tanh").to(torch.float64)
+    if plan["data"] == "mnist":
+        x, y = h.load_mnist_sample(5, torch.float64, root=data_dir)
+        n_points = 1
+    else:
+        x, y = h.toy_data(reference, plan.get("n", 10), "sse", torch.float64)
+        n_points = 3 if not plan.get("batch") else 2
+    return reference, x, y, h.parameter_points(reference, x, y, "sse", n_points)
+
+
+def _collection(reply: dict, tensors: dict) -> dict:
+    try:
+        collection = unpack(reply.get("collection"), tensors)
+    except ChannelError as exc:
+        raise BadReply(str(exc)) from None
+    if not isinstance(collection, dict) or not isinstance(collection.get("calls"), list) or not all(
+            isinstance(c, dict) for c in collection["calls"]):
+        raise BadReply("the harness's record of the calls is not a dict with a list of calls")
+    return collection
+
+
+def verdict(result, weights: dict[str, float]) -> tuple[str, str, float]:
+    """(status, message, fraction of the points) from the harness's result."""
+    checks = {c.id: c for c in result.checks}
+    if checks.get("no_autograd") is not None and not checks["no_autograd"].passed:
+        return "fail", f"{checks['no_autograd'].name}: {checks['no_autograd'].message}", 0.0
+    if result.passed:
+        return "pass", f"{len(result.checks)} / {len(result.checks)} harness checks passed", 1.0
+    if "autograd_batch" in checks:  # beyond the course: the batch comparison is the one that counts
+        checks.pop("autograd", None)
+    fraction = sum(weights.get(WEIGHTS.get(cid, ""), 0.0) for cid, c in checks.items() if c.passed)
+    first = result.failed[0]
+    names = "; ".join(c.name for c in result.failed)
+    message = f"{len(result.failed)} of {len(result.checks)} harness checks failed ({names}): {first.message}"
+    return ("partial" if fraction > 0 else "fail"), message, round(fraction, 4)
+
+
+def check(runner, notebook: str, check_id: str, ctx) -> tuple[str, str, dict]:
+    """One backpropagation check of :data:`PLANS` (see the module docstring)."""
+    h = harness(str(ctx.harness))
+    plan = PLANS[check_id]
+    reference, x, y, points = setup(h, plan, ctx.data)
+    tensors = {"x": x, "y": y}
+    for p, point in enumerate(points):
+        tensors.update({f"point{p}:{key}": t for key, t in point.items()})
+    header = {"notebook": notebook, "n_l": plan["n_l"], "activations": plan.get("activations"),
+              "n_points": len(points), "batch": bool(plan.get("batch")), "timeout": ctx.check_cpu}
+    reply, reply_tensors = runner.request("backprop", header, tensors, cpu_seconds=ctx.check_cpu,
+                                          what="backpropagation")
+    net = f"MyNet({plan['n_l']})"
+    if reply.get("status") != "ok":
+        error = text(reply.get("error", "unknown error"), 1500)
+        return "error", f"could not run the check on {net}: {error}", {
+            "traceback": text(reply.get("traceback", ""))}
+    outputs = tensor(reply_tensors, "outputs", (x.shape[0], plan["n_l"][-1]), f"{net}'s outputs",
+                     dtypes=(torch.float64, torch.float32), finite=False)
+    with torch.no_grad():
+        h._load_point(reference, points[0])
+        want = reference(x)
+    if not torch.allclose(outputs.to(torch.float64), want, rtol=1e-6, atol=1e-9):
+        return "fail", (f"the notebook's {net} does not compute the course's forward pass a[l] = f[l](fc[l](a[l-1])) "
+                        f"(outputs differ by up to {float((outputs - want).abs().max()):.3g}); its gradients cannot "
+                        f"be compared"), {}
+    collection = _collection(reply, reply_tensors)
+    result = h.judge(collection, reference, x, y, points, loss="sse", eps=1e-6, data=plan["data"])
+    status, message, fraction = verdict(result, ctx.rubric.subcheck_weights)
+    details = {"fraction": fraction, "harness_checks": [{"id": c.id, "name": c.name, "passed": c.passed,
+                                                        "message": c.message} for c in result.checks]}
+    if status != "pass":
+        details["harness_report"] = result.failure_message()
+    return status, message, details
