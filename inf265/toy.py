@@ -1,9 +1,11 @@
 """Toy problems for the hand-written backpropagation (``toy_problems.ipynb``).
 
 Data generators for the neighbouring labs' problems, the loss values and accuracies they are
-judged by, a full-batch gradient-descent loop that calls a hand-written ``backpropagation``
-(passed in, never defined here) and applies ``w -= lr * dL_dw``, an autograd gradient check,
-and the two figure types (decision boundary or 1-D fit, loss curves).
+judged by, two training loops that call a hand-written ``backpropagation`` (passed in, never
+defined here) and apply ``w -= lr * dL_dw``: full-batch (:func:`gradient_descent`) and one
+sample at a time (:func:`sgd_per_sample`); autograd references (the gradients, and the size of
+the output's gradient that bounds a per-sample learning rate); the figures (decision boundary or
+1-D fit, loss curves) and plain-text tables.
 
 Every generator returns ``(X, y)`` as tensors of the default dtype: ``X`` of shape ``(n, d)``
 and ``y`` of shape ``(n, 1)``. Randomness comes from a ``torch.Generator`` seeded by ``seed``,
@@ -12,11 +14,13 @@ so the global random state is left alone and the same seed gives the same points
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Callable
 
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from matplotlib.lines import Line2D
 
 LOSSES = ("sse", "mse", "bce", "logistic")
 """Loss names understood by :func:`loss_value` (the same names as the notebook's ``backpropagation``)."""
@@ -140,6 +144,33 @@ def predict(model: torch.nn.Module, X: torch.Tensor) -> torch.Tensor:
         return model(X)
 
 
+def _check_training(X: torch.Tensor, y: torch.Tensor, loss: str, lr, count_name: str, count) -> None:
+    _check_loss(loss)
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ValueError(f"{count_name} must be a non-negative integer, got {count!r}")
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}: they must pair up")
+
+
+def _layers(model) -> list:
+    """``(l, W, b)`` for l = 1..L, looked up once per training run (not at every update)."""
+    return [(l, model.fc[str(l)].weight, model.fc[str(l)].bias) for l in range(1, model.L + 1)]
+
+
+def _update(model, layers: list, lr: float) -> None:
+    """One gradient-descent update of every layer from the hand-written gradients:
+    ``w <- w - lr * dL_dw``, ``b <- b - lr * dL_db``, computed as ``torch.optim.SGD`` computes it
+    (``p.add_(grad, alpha=-lr)``)."""
+    for l, weight, bias in layers:
+        dw, db = model.dL_dw.get(l), model.dL_db.get(l)
+        if dw is None or db is None:
+            raise RuntimeError(f"backpropagation did not fill model.{'dL_dw' if dw is None else 'dL_db'}[{l}]")
+        weight.add_(dw, alpha=-lr)
+        bias.add_(db, alpha=-lr)
+
+
 def gradient_descent(model, X: torch.Tensor, y: torch.Tensor, backpropagation: Callable,
                      loss: str = "mse", lr: float = 0.1, steps: int = 1000) -> list[float]:
     """Full-batch gradient descent with hand-written gradients.
@@ -152,29 +183,39 @@ def gradient_descent(model, X: torch.Tensor, y: torch.Tensor, backpropagation: C
     only come from ``backpropagation``. Full-batch steps with this rule are the iterates of
     ``torch.optim.SGD(lr=lr)`` (no momentum, no weight decay) on the same loss.
     """
-    _check_loss(loss)
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    if X.shape[0] != y.shape[0]:
-        raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}: they must pair up")
-    history = []
+    _check_training(X, y, loss, lr, "steps", steps)
+    history, layers = [], _layers(model)
     with torch.no_grad():
         for _ in range(steps):
             y_pred = model(X)
             history.append(loss_value(y_pred, y, loss).item())
             backpropagation(model, y, y_pred, loss=loss)
-            for l in range(1, model.L + 1):
-                layer = model.fc[str(l)]
-                missing = [name for name, grads in (("dL_dw", model.dL_dw), ("dL_db", model.dL_db))
-                           if l not in grads]
-                if missing:
-                    raise RuntimeError(f"backpropagation did not fill model.{missing[0]}[{l}]")
-                w, b = layer.weight, layer.bias
-                w -= lr * model.dL_dw[l]
-                b -= lr * model.dL_db[l]
+            _update(model, layers, lr)
         history.append(loss_value(model(X), y, loss).item())
+    return history
+
+
+def sgd_per_sample(model, X: torch.Tensor, y: torch.Tensor, backpropagation: Callable,
+                   loss: str = "mse", lr: float = 0.01, epochs: int = 100) -> list[float]:
+    """Stochastic gradient descent on one sample at a time (a batch of one), in data order.
+
+    Each update: forward pass on one row ``X[i:i+1]``, ``backpropagation`` on it, then the same
+    update as :func:`gradient_descent`; an epoch is one pass over the ``n`` rows (``n`` updates).
+    Returns the loss on all of ``X`` before training and after each epoch (``epochs + 1``
+    values), or fewer if training diverged: it stops after the first epoch whose loss is not
+    finite.
+    """
+    _check_training(X, y, loss, lr, "epochs", epochs)
+    samples, layers = [(X[i:i + 1], y[i:i + 1]) for i in range(X.shape[0])], _layers(model)
+    with torch.no_grad():
+        history = [loss_value(model(X), y, loss).item()]
+        for _ in range(epochs):
+            for x_i, y_i in samples:
+                backpropagation(model, y_i, model(x_i), loss=loss)
+                _update(model, layers, lr)
+            history.append(loss_value(model(X), y, loss).item())
+            if not math.isfinite(history[-1]):
+                break
     return history
 
 
@@ -189,31 +230,64 @@ def autograd_gradients(model, X: torch.Tensor, y: torch.Tensor, loss: str = "mse
     return grads
 
 
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``||a - b|| / max(||a|| + ||b||, 1e-300)``: 0 when equal, about 1 when unrelated."""
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    return ((a - b).norm() / max((a.norm() + b.norm()).item(), 1e-300)).item()
+def output_jacobian(model, X: torch.Tensor) -> torch.Tensor:
+    """``J[i] = d y_hat(x_i) / d theta`` for every row ``x_i`` of ``X``: shape ``(n, P)``, theta all
+    weights and biases in ``model.parameters()`` order (a network with one output), from autograd.
+
+    With ``K = J J^T`` (the network linearised around its current weights), a gradient step on
+    the MSE of all ``n`` points multiplies the errors by ``I - (2 lr / n) K``, and a step on one
+    sample's squared error multiplies that sample's error by ``1 - 2 lr K_ii``: the steps
+    diverge, to first order, when ``lr > n / lambda_max(K)`` (full batch) or
+    ``lr > 1 / K_ii`` (per sample).
+    """
+    params = list(model.parameters())
+    rows = []
+    with torch.enable_grad():
+        for i in range(X.shape[0]):
+            out = model(X[i:i + 1])
+            if out.numel() != 1:
+                raise ValueError(f"the network has {out.numel()} outputs; output_jacobian needs exactly one")
+            rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(out.sum(), params)]))
+    return torch.stack(rows).detach()
 
 
-def gradient_check(model, X: torch.Tensor, y: torch.Tensor, backpropagation: Callable,
-                   loss: str = "mse") -> float:
-    """Largest relative error, over all weights and biases, between the hand-written gradients
-    and autograd's at the model's current parameters."""
-    reference = autograd_gradients(model, X, y, loss)
-    with torch.no_grad():
-        y_pred = model(X)
-        backpropagation(model, y, y_pred, loss=loss)
-    return max(max(relative_error(model.dL_dw[l], dw), relative_error(model.dL_db[l], db))
-               for l, (dw, db) in reference.items())
+@contextmanager
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def step_limits(J: torch.Tensor) -> dict:
+    """The learning rates above which gradient descent diverges, to first order, for the
+    network whose output Jacobian is ``J`` (:func:`output_jacobian`), with ``K = J J^T``:
+    ``"per sample"``: ``1 / max_i K_ii``; ``"full batch"`` (MSE over the ``n`` rows):
+    ``n / lambda_max(K)``; ``"median K_ii"``, the typical squared size of the output's gradient;
+    and ``"top share"``, ``lambda_max / trace(K)``: near 1 when the rows' gradients point the same
+    way (then the full-batch limit is about ``1 / mean K_ii``, no larger than per sample).
+
+    The eigenvalue is computed on one thread: LAPACK's eigensolver splits its sums by thread,
+    so with more threads its last digits would depend on how many there are.
+    """
+    K = J @ J.T
+    with _one_thread():
+        lambda_max = torch.linalg.eigvalsh(K)[-1].item()
+    diagonal = K.diagonal()
+    return {"median K_ii": diagonal.median().item(), "per sample": 1 / diagonal.max().item(),
+            "full batch": J.shape[0] / lambda_max, "top share": lambda_max / diagonal.sum().item()}
 
 
 # ------------------------------------------------------------------------------------- figures
 def plot_decision_boundary(ax, model, X: torch.Tensor, y: torch.Tensor, lim=None, logits: bool = False,
-                           resolution: int = 200, title: str | None = None):
-    """Filled contours of the predicted probability of class 1 over a square, the 0.5 level as a
-    black line, and the points coloured by label. ``lim``: (low, high) for both axes; by default
-    the data range plus a margin. ``logits``: the model outputs logits (sigmoid applied here)."""
+                           resolution: int = 200, title: str | None = None, legend: bool = True):
+    """Filled contours of the network's output over a square (the predicted probability of class
+    1, or the raw output of a linear output layer, read with the same threshold 0.5), the 0.5 level
+    as a black line, and the points by class. Axes $x_1$, $x_2$; the classes and the boundary in a
+    legend under the panel. ``lim``: (low, high) for both axes; by default the data range plus a
+    margin. ``logits``: the model outputs logits (sigmoid applied here)."""
     if lim is None:
         span = X.abs().max().item()
         lim = (X.min().item() - 0.1 * span - 0.1, X.max().item() + 0.1 * span + 0.1)
@@ -223,18 +297,25 @@ def plot_decision_boundary(ax, model, X: torch.Tensor, y: torch.Tensor, lim=None
     out = predict(model, torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1))
     prob = (torch.sigmoid(out) if logits else out).reshape(resolution, resolution)
     ax.contourf(gx.numpy(), gy.numpy(), prob.numpy(), levels=torch.linspace(0, 1, 11).tolist(),
-                cmap="RdBu_r", alpha=0.6)
+                cmap="RdBu_r", alpha=0.6, extend="both")
+    handles = []
     if prob.min() < 0.5 < prob.max():
         ax.contour(gx.numpy(), gy.numpy(), prob.numpy(), levels=[0.5], colors="k", linewidths=1.2)
+        handles.append(Line2D([], [], color="k", linewidth=1.2, label="output 0.5"))
     labels = y.reshape(-1)
     for value, colour, marker in ((1.0, "tab:red", "o"), (0.0, "tab:blue", "s")):
         pts = X[labels == value]
-        ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), c=colour, marker=marker, s=18,
-                   edgecolors="k", linewidths=0.4, label=f"y = {int(value)}")
+        handles.append(ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), c=colour, marker=marker, s=18,
+                                  edgecolors="k", linewidths=0.4, label=f"class {int(value)}"))
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
     ax.grid(False)
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    if legend:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(handles),
+                  fontsize=7, handlelength=1.2, columnspacing=0.8, frameon=False)
     if title:
         ax.set_title(title, fontsize=9)
     return ax
@@ -245,20 +326,30 @@ def plot_fit(ax, model, X: torch.Tensor, y: torch.Tensor, title: str | None = No
     grid = torch.linspace(X.min().item(), X.max().item(), 400, dtype=X.dtype).unsqueeze(1)
     ax.scatter(X.reshape(-1).numpy(), y.reshape(-1).numpy(), s=12, c="k", label="data")
     ax.plot(grid.reshape(-1).numpy(), predict(model, grid).reshape(-1).numpy(), c="tab:red", label="network")
+    ax.set_xlabel("$x$")
+    ax.set_ylabel("$y$")
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
     return ax
 
 
-def plot_loss_curves(ax, curves: dict[str, list[float]], logy: bool = True, title: str | None = None):
-    """One line per named loss history (step 0 = before the first update)."""
+def plot_loss_curves(ax, curves: dict[str, list[float]], logy: bool = True, title: str | None = None,
+                     xlabel: str = "gradient-descent step", ylabel: str = "loss", top: float | None = None):
+    """One line per named loss history (0 = before the first update); values that are not
+    finite (a diverged run) are left out. ``top``: upper limit of the loss axis (a diverging run
+    then leaves the plot instead of squashing the others)."""
+    lowest = math.inf
     for name, history in curves.items():
-        ax.plot(range(len(history)), history, label=name)
+        finite = [(t, value) for t, value in enumerate(history) if math.isfinite(value)]
+        ax.plot([t for t, _ in finite], [value for _, value in finite], label=name)
+        lowest = min([lowest] + [value for _, value in finite])
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel("gradient-descent step")
-    ax.set_ylabel("loss")
+    if top is not None:
+        ax.set_ylim(lowest / 2 if logy else None, top)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)

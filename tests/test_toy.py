@@ -1,6 +1,12 @@
-"""inf265.toy: the toy problems' data, the full-batch gradient-descent loop, the gradient check,
-the figures; and toy_problems.ipynb's use of the notebook's own backpropagation."""
+"""inf265.toy: the toy problems' data, the training loops (full batch and per sample), the
+autograd references, the figures; results that do not depend on the number of threads; and
+toy_problems.ipynb's use of the notebook's own backpropagation, with computed prose."""
+import hashlib
 import math
+import os
+import re
+import subprocess
+import sys
 
 import matplotlib
 
@@ -13,6 +19,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from inf265 import ROOT, toy  # noqa: E402
 from inf265.nbdefs import load_definitions  # noqa: E402
+from tests_backpropagation import relative_error  # noqa: E402
 
 torch.set_default_dtype(torch.double)
 
@@ -161,15 +168,54 @@ def _pair(bp, n_l, activations, seed=0):
 
 
 def test_loop_applies_the_sgd_update(bp):
-    """The loop alone (gradients from autograd) reproduces torch.optim.SGD step for step."""
+    """The loop alone (gradients from autograd) is torch.optim.SGD, bit for bit: same update formula."""
     X, y = toy.generate_circles(n=40, seed=1)
     hand, ref = _pair(bp, [2, 3, 1], ["tanh", "identity"])
     a = toy.gradient_descent(hand, X, y, autograd_backpropagation, loss="logistic", lr=0.5, steps=30)
     b = _sgd_reference(ref, X, y, "logistic", 0.5, 30)
     assert len(a) == 31 and a[-1] < a[0]
-    assert max(abs(u - v) for u, v in zip(a, b)) < 1e-13
-    for l in ("1", "2"):
-        assert torch.allclose(hand.fc[l].weight, ref.fc[l].weight, rtol=0, atol=1e-13)
+    assert a == b
+    assert all(torch.equal(p, q) for p, q in zip(hand.parameters(), ref.parameters()))
+
+
+def _sgd_per_sample_reference(model, X, y, loss, lr, epochs):
+    """autograd + torch.optim.SGD on batches of one row, in data order; loss on all rows per epoch."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    with torch.no_grad():
+        history = [toy.loss_value(model(X), y, loss).item()]
+    for _ in range(epochs):
+        for i in range(X.shape[0]):
+            optimizer.zero_grad()
+            toy.loss_value(model(X[i:i + 1]), y[i:i + 1], loss).backward()
+            optimizer.step()
+        with torch.no_grad():
+            history.append(toy.loss_value(model(X), y, loss).item())
+    return history
+
+
+@pytest.mark.parametrize("loss, activations", [("mse", ["sigmoid", "sigmoid", "identity"]),
+                                               ("bce", ["tanh", "relu", "sigmoid"])])
+def test_per_sample_training_equals_sgd_on_batches_of_one(bp, loss, activations):
+    """The notebook's backpropagation on one row at a time == autograd + torch.optim.SGD on the same rows."""
+    X, y = toy.generate_XOR_easy()
+    hand, ref = _pair(bp, [2, 6, 4, 1], activations, seed=4)
+    a = toy.sgd_per_sample(hand, X, y, bp.backpropagation, loss=loss, lr=0.05, epochs=5)
+    b = _sgd_per_sample_reference(ref, X, y, loss, 0.05, 5)
+    assert len(a) == 6 and abs(a[-1] - a[0]) > 1e-4                      # it did train
+    assert max(abs(u - v) for u, v in zip(a, b)) < 1e-12
+    assert all(torch.allclose(p, q, rtol=0, atol=1e-12) for p, q in zip(hand.parameters(), ref.parameters()))
+
+
+def test_per_sample_training_stops_when_it_diverges(bp):
+    X, y = toy.generate_linear(n=20, seed=3)
+    torch.manual_seed(0)
+    model = bp.MyNet([2, 16, 1], ["relu", "identity"])
+    history = toy.sgd_per_sample(model, X * 100, y, bp.backpropagation, loss="mse", lr=10.0, epochs=50)
+    assert len(history) < 51 and not math.isfinite(history[-1]) and all(map(math.isfinite, history[:-1]))
+    with pytest.raises(ValueError, match="epochs must be a non-negative integer"):
+        toy.sgd_per_sample(model, X, y, bp.backpropagation, epochs=-1)
+    assert toy.sgd_per_sample(model, X, y, bp.backpropagation, epochs=0) == \
+        [toy.loss_value(toy.predict(model, X), y, "mse").item()]
 
 
 @pytest.mark.parametrize("loss, activations, data", [
@@ -237,26 +283,74 @@ def test_loop_input_errors(bp):
         [toy.loss_value(toy.predict(model, X), y, "mse").item()]
 
 
-def test_gradient_check_separates_right_from_wrong(bp):
+@pytest.fixture(scope="module")
+def nb_toy():
+    """toy_problems.ipynb's own helper definitions (never a copy)."""
+    return load_definitions(ROOT / "toy_problems.ipynb", name="nb_toy_problems_for_tests")
+
+
+def test_notebook_gradient_check_separates_right_from_wrong(bp, nb_toy):
     X, y = toy.generate_circles(n=50, seed=0)
     torch.manual_seed(0)
     model = bp.MyNet([2, 6, 1], ["relu", "sigmoid"])
-    assert toy.gradient_check(model, X, y, bp.backpropagation, loss="bce") < 1e-12
+    assert nb_toy.gradient_check(model, X, y, bp.backpropagation, loss="bce") < 1e-12
 
     def transposed_bias(model, y_true, y_pred, loss="bce"):
         bp.backpropagation(model, y_true, y_pred, loss=loss)
         model.dL_db[1] = model.dL_db[1].flip(0)
-    assert toy.gradient_check(model, X, y, transposed_bias, loss="bce") > 1e-3
+    assert nb_toy.gradient_check(model, X, y, transposed_bias, loss="bce") > 1e-3
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # grads left clean
 
 
-def test_relative_error():
-    a = torch.tensor([1.0, 2.0])
-    assert toy.relative_error(a, a) == 0.0
-    assert toy.relative_error(a, -a) == pytest.approx(1.0)
-    assert toy.relative_error(torch.zeros(2), torch.zeros(2)) == 0.0
-    with pytest.raises(ValueError, match="shapes differ"):
-        toy.relative_error(a, torch.zeros(3))
+def test_autograd_gradients_are_the_loss_gradients(bp):
+    X, y = toy.generate_circles(n=30, seed=2)
+    torch.manual_seed(1)
+    model = bp.MyNet([2, 4, 1], ["tanh", "sigmoid"])
+    grads = toy.autograd_gradients(model, X, y, loss="bce")
+    with torch.no_grad():
+        bp.backpropagation(model, y, model(X), loss="bce")
+    assert sorted(grads) == [1, 2]
+    assert all(relative_error(model.dL_dw[l], grads[l][0]) < 1e-12 for l in grads)
+
+
+def test_output_jacobian_is_exact_for_a_linear_model_and_bounds_the_step(bp):
+    """For y_hat = w.x + b the linearisation is exact: J_i = (x_i, 1), and one per-sample step
+    multiplies that sample's error by 1 - 2 lr K_ii, so it diverges exactly when lr > 1 / K_ii."""
+    X = torch.tensor([[1.0, 2.0], [-0.5, 0.25]])
+    y = torch.tensor([[3.0], [-1.0]])
+    torch.manual_seed(0)
+    model = bp.MyNet([2, 1], ["identity"])
+    J = toy.output_jacobian(model, X)
+    assert torch.equal(J, torch.tensor([[1.0, 2.0, 1.0], [-0.5, 0.25, 1.0]]))
+    K = J @ J.T
+    for factor in (0.4, 1.3):  # below and above the limit 1 / K_00
+        lr = factor / K[0, 0].item()
+        torch.manual_seed(0)
+        model = bp.MyNet([2, 1], ["identity"])
+        error = (toy.predict(model, X[:1]) - y[:1]).item()
+        toy.sgd_per_sample(model, X[:1], y[:1], bp.backpropagation, loss="mse", lr=lr, epochs=1)
+        after = (toy.predict(model, X[:1]) - y[:1]).item()
+        assert after == pytest.approx(error * (1 - 2 * factor), rel=1e-12)
+        assert (abs(after) > abs(error)) == (factor > 1)
+    with pytest.raises(ValueError, match="has 2 outputs"):
+        toy.output_jacobian(bp.MyNet([2, 2], ["identity"]), X)
+    limits = toy.step_limits(J)
+    assert limits["per sample"] == pytest.approx(1 / 6) and limits["median K_ii"] == 1.3125  # torch: the lower middle value
+    assert limits["full batch"] == pytest.approx(2 / torch.linalg.eigvalsh(K)[-1].item())
+    assert limits["top share"] == pytest.approx(torch.linalg.eigvalsh(K)[-1].item() / (6 + 1.3125))
+
+
+def test_full_batch_step_limit_is_where_training_starts_to_diverge(bp):
+    """For a linear model the first-order limit is exact: just below it full-batch MSE training
+    converges, just above it diverges."""
+    X, y = toy.generate_linear(n=30, seed=5)
+    torch.manual_seed(0)
+    limit = toy.step_limits(toy.output_jacobian(bp.MyNet([2, 1], ["identity"]), X))["full batch"]
+    for factor, converges in ((0.98, True), (1.02, False)):
+        torch.manual_seed(0)
+        model = bp.MyNet([2, 1], ["identity"])
+        history = toy.gradient_descent(model, X, y, bp.backpropagation, loss="mse", lr=factor * limit, steps=3000)
+        assert (history[-1] < history[0]) == converges
 
 
 # ------------------------------------------------------------------------------------- figures
@@ -275,18 +369,25 @@ def test_decision_boundary_draws_the_half_level(bp):
     (path,) = [p for p in contour.get_paths() if len(p.vertices)]
     assert abs(path.vertices[:, 0]).max() < 1e-9       # the 0.5 level is x1 = 0
     assert len(ax.collections[-2].get_offsets()) == 1 and len(ax.collections[-1].get_offsets()) == 4
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("$x_1$", "$x_2$")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["output 0.5", "class 1", "class 0"]
     plt.close(fig)
 
 
 def test_loss_curves_and_fit(bp):
-    fig, axes = toy.figure(2)
+    fig, axes = toy.figure(3)
     toy.plot_loss_curves(axes[0], {"a": [1.0, 0.5, 0.25], "b": [2.0, 1.0]})
     assert [len(line.get_xdata()) for line in axes[0].lines] == [3, 2]
-    assert axes[0].get_yscale() == "log"
+    assert axes[0].get_yscale() == "log" and axes[0].get_xlabel() == "gradient-descent step"
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["a", "b"]
+    toy.plot_loss_curves(axes[2], {"diverged": [0.5, 3e200, float("inf")], "ok": [0.5, 0.1]}, xlabel="epoch", top=10)
+    assert list(axes[2].lines[0].get_xdata()) == [0, 1]          # the infinite value is not drawn
+    assert axes[2].get_ylim() == pytest.approx((0.05, 10)) and axes[2].get_xlabel() == "epoch"
     X, y = toy.generate_regression_1d(n=10, seed=0)
     torch.manual_seed(0)
     toy.plot_fit(axes[1], bp.MyNet([1, 4, 1], ["relu", "identity"]), X, y)
     assert len(axes[1].lines) == 1 and len(axes[1].lines[0].get_xdata()) == 400
+    assert (axes[1].get_xlabel(), axes[1].get_ylabel()) == ("$x$", "$y$")
     plt.close(fig)
 
 
@@ -299,6 +400,83 @@ def test_format_table():
     assert per_column.split() == ["0.5", "1.5e-16"]
     with pytest.raises(ValueError, match="at least one row"):
         toy.format_table([])
+
+
+# ------------------------------------------------------------------- threads do not change results
+def _probe(bp) -> str:
+    """A digest of every kind of computation toy_problems.ipynb does, at its sizes: full-batch and
+    per-sample training with the hand-written gradients, autograd training as torch.optim.SGD
+    does it, the output Jacobian and the step limits, a decision-boundary grid, the rounding of
+    the notebook's JSON export."""
+    from inf265.results import rounded
+    out = []
+    Xc, yc = toy.generate_circles(n=500, seed=0)
+    torch.manual_seed(0)
+    model = bp.MyNet([2, 16, 16, 16, 16, 16, 1], ["relu"] * 5 + ["sigmoid"])
+    out += toy.gradient_descent(model, Xc, yc, bp.backpropagation, loss="bce", lr=1.0, steps=20)
+    out += [p.detach() for p in model.parameters()]
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    for _ in range(20):  # torch.optim.SGD's step, without its first-use import of torch._dynamo (seconds)
+        reference.zero_grad()
+        torch.nn.BCEWithLogitsLoss()(reference(Xc), yc).backward()
+        with torch.no_grad():
+            for p in reference.parameters():
+                p.add_(p.grad, alpha=-1.0)
+    out += [p.detach() for p in reference.parameters()]
+    X, y = toy.generate_linear(n=100, seed=0)
+    torch.manual_seed(0)
+    model = bp.MyNet([2, 256, 64, 1], ["sigmoid", "sigmoid", "identity"])
+    J = toy.output_jacobian(model, X)
+    out += [J, *toy.step_limits(J).values()]
+    out += toy.sgd_per_sample(model, X, y, bp.backpropagation, loss="mse", lr=0.01, epochs=2)
+    grid = torch.linspace(-0.1, 1.1, 200)
+    gx, gy = torch.meshgrid(grid, grid, indexing="xy")
+    out.append(toy.predict(model, torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)))
+    digest = hashlib.sha256()
+    for item in out:
+        digest.update(item.detach().contiguous().numpy().tobytes() if torch.is_tensor(item) else float(item).hex().encode())
+    digest.update(repr(rounded(out[:20], 4)).encode())
+    return digest.hexdigest()
+
+
+PROBE_SCRIPT = """
+import sys, torch
+sys.path[:0] = [{root!r}, {tests!r}]
+import test_toy
+from inf265.nbdefs import load_definitions
+torch.set_default_dtype(torch.double)
+print(torch.get_num_threads(), test_toy._probe(load_definitions({notebook!r})))
+"""
+
+
+def _probe_with_omp_threads(threads: int) -> str:
+    """The probe in a fresh process whose thread count comes from OMP_NUM_THREADS (MKL's too)."""
+    script = PROBE_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests"), notebook=str(ROOT / "backpropagation.ipynb"))
+    # PASSIVE: idle OpenMP threads sleep instead of spinning (much faster on a loaded machine;
+    # how threads wait does not change what they compute)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "MPLBACKEND": "Agg",
+           "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    used, digest = proc.stdout.split()
+    assert used == str(threads), "OMP_NUM_THREADS did not take effect"
+    return digest
+
+
+def test_results_are_the_same_with_one_and_two_threads(bp):
+    """torch.set_num_threads(1) and (2) in this process, and OMP_NUM_THREADS=2 in a fresh one."""
+    before = torch.get_num_threads()
+    try:
+        digests = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            digests.append(_probe(bp))
+    finally:
+        torch.set_num_threads(before)
+    digests.append(_probe_with_omp_threads(2))
+    assert digests[0] == digests[1] == digests[2]
 
 
 # ------------------------------------------------------------------------------------ notebook
@@ -316,5 +494,32 @@ def test_notebook_is_committed_executed_without_errors():
     assert all(c.execution_count is not None for c in code), "run: python -m inf265.execute toy_problems.ipynb"
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for c in code for o in c.outputs)
-    diff = float(text.split("over the 1001 loss values: ")[1].split()[0])
+    diff = float(re.search(r"over the \d+ loss values: (\S+)", text).group(1))
     assert math.isfinite(diff) and diff < 1e-10
+
+
+def _prose(cell) -> str:
+    """A markdown cell without its math and code spans."""
+    text = re.sub(r"\$\$.*?\$\$", " ", cell.source, flags=re.S)
+    return re.sub(r"\$[^$]*\$|`[^`]*`", " ", text)
+
+
+def test_notebook_prose_types_no_results():
+    """Numbers in the prose come from code: no decimal numbers or percentages are typed in
+    markdown (the 0.5 of the decision threshold is a definition, not a result)."""
+    nb = nbformat.read(ROOT / "toy_problems.ipynb", as_version=4)
+    typed = [(i, m.group()) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"
+             for m in re.finditer(r"\d*\.\d+|\d+\s*%", _prose(c)) if m.group() != "0.5"]
+    assert not typed, f"typed numbers in markdown (cell index, text): {typed}"
+    assert _prose(nbformat.v4.new_markdown_cell("MSE $0.25$ and `lr=0.1`, then 0.0087 and 98 %")) \
+        .split() == ["MSE", "and", ",", "then", "0.0087", "and", "98", "%"]
+
+
+def test_notebook_runs_each_lab_setup():
+    """The labs' own setups are run, per sample where the lab updates per sample."""
+    nb = nbformat.read(ROOT / "toy_problems.ipynb", as_version=4)
+    sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert '"network n_l": [2, 5, 3, 1], "learning rate": 0.25, "epochs": 2500' in sources
+    assert '"network n_l": [2, 256, 64, 1]' in sources and "toy.sgd_per_sample(" in sources
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "At the lab's learning rate 0.01, its setup classifies every point of both tasks" in text
