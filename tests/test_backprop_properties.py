@@ -2,7 +2,8 @@
 
 Random depths, widths, batch sizes, activations and losses: the hand-written gradients match
 autograd to 1e-10 (relative, per layer and parameter), leave parameters and ``.grad`` alone,
-and have the shape and dtype of their parameters. The definitions come from
+and have the shape and dtype of their parameters. f' is the model's own ``df[l]``, evaluated at
+``z[l]`` as equations (5) and (6) say, whatever the activation. The definitions come from
 ``backpropagation.ipynb`` itself (``inf265.nbdefs``), not from a copy.
 """
 from __future__ import annotations
@@ -71,6 +72,53 @@ def test_matches_autograd(problem):
         ours = (model.dL_dw if kind == "weight" else model.dL_db)[l]
         assert ours.shape == p.shape and ours.dtype == p.dtype and not ours.requires_grad
         assert harness.relative_error(ours, p.grad) <= 1e-10, (l, kind, problem)
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems())
+def test_f_prime_is_the_models_own_df_evaluated_at_z(problem):
+    """Any activation the model carries, here sin with cos, not one of the notebook's: each
+    model.df[l] is called once, on model.z[l] itself, and the gradients match autograd."""
+    n_l, _, loss, batch, seed = problem
+    model, x, y = build(n_l, ["identity"] * (len(n_l) - 1), loss, batch, seed)
+    calls = []
+
+    def cos_at(l):
+        def df(z):
+            calls.append((l, z))
+            return torch.cos(z)
+        return df
+
+    for l in range(1, model.L + 1):
+        model.f[l], model.df[l] = torch.sin, cos_at(l)
+    if loss == "bce":
+        model.f[model.L], model.df[model.L] = torch.sigmoid, lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z))
+    y_pred = model(x)
+    backpropagation(model, y, y_pred, loss=loss)
+    expected = range(1, model.L + 1) if loss != "bce" else range(1, model.L)
+    assert sorted(l for l, _ in calls) == list(expected)
+    assert all(z is model.z[l] for l, z in calls)
+    TORCH_LOSSES[loss](y_pred, y).backward()
+    for l, kind, p in params(model):
+        ours = (model.dL_dw if kind == "weight" else model.dL_db)[l]
+        assert harness.relative_error(ours, p.grad) <= 1e-10, (l, kind, problem)
+
+
+@pytest.mark.parametrize("name", ACTS)
+def test_the_output_layers_f_prime_is_taken_at_z_not_from_a(name):
+    """With the notebook's own pairs (f, f') too, f'[L] is evaluated at z[L], as (5) says, not
+    written with a[L] = f(z[L]): with a[L] overwritten after the forward pass (y_pred, given as an
+    argument, is what (5) needs) the gradients are still autograd's."""
+    torch.manual_seed(3)
+    model = MyNet([3, 4, 2], activations=name)
+    x, y = torch.randn(5, 3), torch.randn(5, 2)
+    y_pred = model(x)
+    model.a[model.L] = torch.full_like(y_pred, 0.5)
+    backpropagation(model, y, y_pred)
+    TORCH_LOSSES["sse"](y_pred, y).backward()
+    for l, kind, p in params(model):
+        ours = (model.dL_dw if kind == "weight" else model.dL_db)[l]
+        assert harness.relative_error(ours, p.grad) <= 1e-10, (name, l, kind)
 
 
 @settings(max_examples=40, deadline=None)
