@@ -32,8 +32,10 @@ venv:
 data: venv
 	@$(PY) -m inf265.data
 
+# An interrupted run (Ctrl-C, SIGTERM) ends with execute's one line: make re-raises the signal on
+# itself instead of adding its own "Error 130", and the report is not built from half a run.
 run: data
-	@$(PY) -m inf265.execute $(NOTEBOOKS)
+	@$(PY) -m inf265.execute $(NOTEBOOKS) || { rc=$$?; [ $$rc -gt 128 ] || exit $$rc; kill -s $$((rc - 128)) $$PPID; exit 0; }
 	@$(MAKE) --no-print-directory report
 
 # One pytest run: unit tests (tests/) and nbval on every notebook, one summary line.
@@ -70,3 +72,21 @@ gradescope: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The students' hand-out: dist/student/ and dist/inf265-project1-student.zip (python -m inf265.release):
+# notebooks with their solution regions stubbed, harness and self-checks, helpers, README, Makefile.
+# JupyterLab on the project with the venv's Python as kernel (LAB_ARGS="--no-browser --port=8890" ...).
+# check: what students' make check does, on these notebooks: the public self-checks, then each
+# notebook executed (in memory) with the grader's time limit per cell (grading/rubric.toml).
+LAB_ARGS ?=
+.PHONY: release lab check
+
+release: venv
+	@$(PY) -m inf265.release
+
+lab: venv
+	@$(PY) -m jupyterlab --ServerApp.root_dir=. $(LAB_ARGS)
+
+check: venv
+	@limit=$$($(PY) -m inf265.release --cell-timeout) && \
+	$(PY) release/tools/check.py --timeout "$$limit" backpropagation.ipynb gradient_descent.ipynb

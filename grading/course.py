@@ -14,11 +14,10 @@ from pathlib import Path
 
 from inf265 import ROOT
 
-#: files copied, relative to the project root
-FILES = ("grading/__init__.py", "grading/channel.py", "grading/runner/__init__.py", "grading/runner/__main__.py",
-         "grading/runner/backprop.py", "grading/runner/calls.py", "grading/runner/load.py",
-         "grading/runner/models.py", "grading/runner/sgd.py", "inf265/__init__.py", "inf265/data.py",
-         "inf265/nbdefs.py", "tests_backpropagation.py")
+#: files copied, relative to the project root: the runner and its channel, the harness, and the course's
+#: support package (the data layer, figures and results helpers the notebooks import; not the report builder)
+FILES = ("grading/__init__.py", "grading/channel.py", "grading/runner/*.py", "inf265/*.py", "tests_backpropagation.py")
+EXCLUDED = ("inf265/report.py",)
 
 SITECUSTOMIZE = '''\
 # Written by the INF265 grader (grading/course.py) into the sandbox's /course: students' dataset
@@ -86,11 +85,16 @@ if os.environ.get("INF265_GRADING"):
 def build(harness: Path | None = None) -> Path:
     """A fresh course folder (a temporary directory the caller removes)."""
     folder = Path(tempfile.mkdtemp(prefix="inf265-course-"))
-    for name in FILES:
-        source = harness if (name == "tests_backpropagation.py" and harness) else ROOT / name
-        target = folder / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+    for pattern in FILES:
+        for source in sorted(ROOT.glob(pattern)):
+            name = str(source.relative_to(ROOT))
+            if name in EXCLUDED:
+                continue
+            if name == "tests_backpropagation.py" and harness:
+                source = harness
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
     (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
     (folder / "ipython-startup.py").write_text(
         "try:\n    import torch, torchvision  # noqa: F401  (preloaded by the grader while the kernel starts)\n"

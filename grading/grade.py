@@ -8,6 +8,7 @@ malformed costs the check it was answering; a fresh runner, in a fresh copy, tak
 """
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -141,6 +142,20 @@ def _load_record(reply: dict, notebook: str, wanted: list[str], required: list[s
     return record("fail", f"{notebook}: cannot load {'; '.join(parts)}", **details), False
 
 
+def environment(records: dict, reply: dict) -> None:
+    """A check that failed with ``NameError`` for a name whose import failed (a package not installed
+    here, a module the student did not hand in) is not gradable here, not the student's error."""
+    names = {name: module for module, bound in (reply.get("missing_modules") or {}).items()
+             if isinstance(bound, list) for name in bound}
+    for check_id, rec in records.items():
+        found = re.search(r"NameError: name '(\w+)' is not defined", rec.get("message", ""))
+        if rec["status"] in ("error", "fail", "partial") and found and found.group(1) in names:
+            module = text(names[found.group(1)], 80)
+            records[check_id] = record("not_gradable", f"not gradable here: needs the Python module {module} "
+                                                       f"({found.group(1)} comes from it; not installed here, or not "
+                                                       f"handed in)", **rec.get("details", {}))
+
+
 def _skip_all(ids, message: str, status: str = "skipped") -> dict:
     return {cid: record(status, message) for cid in ids}
 
@@ -156,8 +171,14 @@ def grade_backprop(checks: Checks, folder: Path, ctx: Context) -> dict:
         return {"load_backpropagation": record(failure.status, f"loading {notebook}: {failure.message}"),
                 **_skip_all([i for i in ids if i != "load_backpropagation"], "skipped: the notebook did not load")}
     records = {}
+    if "backpropagation" not in reply.get("found", {}) and static.method(folder / notebook, "MyNet",
+                                                                        "backpropagation") is not None:
+        reply.setdefault("found", {})["backpropagation"] = "MyNet.backpropagation (a method of MyNet)"
     records["load_backpropagation"], ok = _load_record(reply, notebook, ["MyNet", "backpropagation"],
                                                        ["MyNet", "backpropagation"])
+    if "method" in reply["found"].get("backpropagation", ""):
+        records["load_backpropagation"]["message"] += (" (backpropagation is defined inside the MyNet class: "
+                                                       "called as MyNet.backpropagation(model, y_true, y_pred))")
     if not ok:
         records.update(_skip_all([i for i in ids if i != "load_backpropagation"],
                                  "skipped: MyNet / backpropagation could not be loaded",
@@ -174,6 +195,7 @@ def grade_backprop(checks: Checks, folder: Path, ctx: Context) -> dict:
             continue
         records[check_id] = checks.run(check_id, "backpropagation",
                                        lambda r, c=check_id: bp_checks.check(r, notebook, c, ctx))
+    environment(records, reply)
     if findings:  # gradients obtained with autograd are not the student's: the course's checks score 0
         for check_id in registry.ids(part="backprop", scope="course"):
             if check_id != "load_backpropagation" and records[check_id]["status"] in ("pass", "partial"):
@@ -220,6 +242,7 @@ def grade_sgd(checks: Checks, folder: Path, ctx: Context) -> dict:
         else:
             records[check_id] = checks.run(check_id, uses, lambda r, c=check_id: sgd_checks.check_manual(
                 r, notebook, state["class"], c, manual, cpu))
+    environment(records, reply)
     return records
 
 
@@ -254,15 +277,25 @@ def apply_integrity(records: dict, findings: dict) -> None:
                                            **rec["details"])
 
 
+def _prepare(ctx: Context) -> None:
+    bp_checks.prepare(ctx)
+    sgd_checks.prepare()
+
+
 def run_checks(folder: Path, ctx: Context) -> tuple[dict, float, list[str]]:
     """Every runner check of the submission: (records, seconds, notes about the runner)."""
     start = time.monotonic()
     checks = Checks(folder, ctx)
-    try:
-        records = grade_backprop(checks, folder, ctx)
-        records.update(grade_sgd(checks, folder, ctx))
-    finally:
-        checks.close()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # the trusted references are computed while the runner starts (torch's import takes seconds)
+        ready = pool.submit(_prepare, ctx)
+        try:
+            checks._runner()
+            ready.result()
+            records = grade_backprop(checks, folder, ctx)
+            records.update(grade_sgd(checks, folder, ctx))
+        finally:
+            checks.close()
     return records, round(time.monotonic() - start, 2), checks.notes
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import nbformat
-from jupyter_client import KernelManager
+from jupyter_client import AsyncKernelManager
 
 from inf265 import ROOT
 from inf265.execute import Failure, run
@@ -22,11 +22,14 @@ from inf265.execute import Failure, run
 from . import sandbox
 
 
-class SandboxedKernel(KernelManager):
+KEEP_OUTPUT = 256 * 1024  # bytes of outputs per cell kept in the executed notebook of the report
+
+
+class SandboxedKernel(AsyncKernelManager):
     """An ipykernel started inside ``ws``'s sandbox, reached over IPC sockets in ``ws.ipc``."""
 
     def configure(self, ws: sandbox.Workspace, limits: sandbox.Limits, log: Path) -> "SandboxedKernel":
-        self.ws, self.limits, self.log = ws, limits, log
+        self.ws, self.limits, self.log_path = ws, limits, log
         self.transport, self.ip = "ipc", str(ws.ipc / "kernel")
         self.connection_file = str(ws.ipc / "kernel.json")
         return self
@@ -39,7 +42,7 @@ class SandboxedKernel(KernelManager):
     async def _async_pre_start_kernel(self, **kw):
         kw["env"] = {**self.ws.env(), "PYTHONPATH": str(ROOT)} if self.ws.isolated else self.ws.env()
         kw["cwd"] = str(self.ws.cwd)
-        self._log_handle = open(self.log, "wb")
+        self._log_handle = open(self.log_path, "wb")
         kw["stdout"] = kw["stderr"] = self._log_handle
         return await super()._async_pre_start_kernel(**kw)
 
@@ -73,7 +76,7 @@ def execute(ws: sandbox.Workspace, name: str, cell_timeout: float, limits: sandb
     start = time.monotonic()
     failure = run(nb, timeout=cell_timeout, km=km, on_start=started,
                   on_output=lambda n: watch["w"].count_output(n) if "w" in watch else None,
-                  startup_timeout=120)
+                  keep_output=KEEP_OUTPUT, startup_timeout=120)
     w = watch.get("w")
     if w is not None:
         w.stop()
@@ -112,7 +115,10 @@ def _failure_record(failure: Failure, code_cells: int, limits: sandbox.Limits, w
         if need:
             return record | {"status": "not_gradable", "message": f"not gradable here: {need} ({where.rstrip(': ')})"}
         message = f"{where}{failure.ename}: {first}"
-        if "likely cause:" in failure.evalue and "likely cause:" not in first:  # the harness's diagnosis
+        checks = [line.strip()[2:] for line in failure.evalue.splitlines() if line.strip().startswith("- ")]
+        if checks:  # the harness's report: its first failed check, with the likely cause
+            message += f" ... {checks[0][:400]}"
+        elif "likely cause:" in failure.evalue and "likely cause:" not in first:
             message += " ... likely cause: " + failure.evalue.split("likely cause:", 1)[1].strip().splitlines()[0][:300]
         return record | {"status": "error", "message": message + later}
     return record | {"status": "error", "message": f"could not execute the notebook: {failure.evalue}"}

@@ -57,7 +57,7 @@ class SandboxUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class Limits:
     """Resource limits of one sandboxed process tree."""
-    memory: int = 4 * GiB            # RLIMIT_AS of every process (bytes)
+    memory: int = 4 * GiB            # address space of every process beyond the libraries' (bytes)
     cpu_seconds: float = 600.0       # CPU time of the whole tree (watcher)
     wall_seconds: float = 900.0      # wall-clock time (watcher)
     processes: int = 64              # processes alive at once in the tree (watcher)
@@ -169,6 +169,7 @@ class Workspace:
         self.work = self.top / "submission"
         shutil.copytree(self.submission, self.work, symlinks=True, ignore=_IGNORE)
         _drop_outward_links(self.work)
+        (self.work / "results").mkdir(exist_ok=True)
         for name, source in self.provided.items():
             target = self.work / name
             if target.exists() or target.is_symlink():
@@ -204,6 +205,8 @@ class Workspace:
             "PYTHONPATH": COURSE if inside else str(self.course),
             "DATA_DIR": DATA if inside else str(self.data or ""),
             "INF265_GRADING": "1", "INF265_OFFLINE": "1", "MPLBACKEND": "Agg",
+            # the notebooks' results files (inf265.results) go to the copy's results/, not to /course
+            "INF265_RESULTS_STAGING": f"{SUBMISSION if inside else self.work}/results",
             "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1", "IPYTHONDIR": f"{home}/.ipython", "MPLCONFIGDIR": f"{home}/.matplotlib",
             "XDG_CACHE_HOME": f"{home}/.cache", "JUPYTER_RUNTIME_DIR": f"{home}/.jupyter-runtime",
@@ -349,10 +352,33 @@ def _all_pids():
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
-def apply_limits(limits: Limits) -> None:
+@functools.lru_cache(maxsize=None)
+def library_space() -> int:
+    """Address space that Python with torch and torchvision takes before any data (bytes).
+
+    The CUDA build of torch maps several GiB of libraries it never touches on the CPU, so a bare
+    ``RLIMIT_AS`` of 4 GiB would leave a student's process almost no memory. The memory limit is
+    applied on top of this: measured here, in the grader, after importing the same libraries, with
+    512 MiB more for the kernel's own (IPython, ZeroMQ, matplotlib).
+    """
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+
+    with open("/proc/self/status") as fh:
+        size_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:"))
+    return size_kb * 1024 + 512 * MiB
+
+
+def address_space(limits: Limits) -> int:
+    """The ``RLIMIT_AS`` that leaves a process ``limits.memory`` bytes beyond the libraries."""
+    return library_space() + limits.memory
+
+
+def apply_limits(limits: Limits, address: int) -> None:
     """In a child about to exec: its own session, and the rlimits every sandboxed process inherits."""
-    os.setsid()
-    for what, value in ((resource.RLIMIT_AS, limits.memory), (resource.RLIMIT_FSIZE, limits.file_size),
+    if os.getsid(0) != os.getpid():  # (Jupyter's launcher has made it a session leader already)
+        os.setsid()
+    for what, value in ((resource.RLIMIT_AS, address), (resource.RLIMIT_FSIZE, limits.file_size),
                         (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(what, (value, value))
     # ineffective for root (the kernel exempts it); the watcher enforces the count anyway
@@ -362,7 +388,7 @@ def apply_limits(limits: Limits) -> None:
 def limited(command: list[str], limits: Limits) -> list[str]:
     """``command`` behind ``python -m grading.sandbox`` setting the limits, for launchers (Jupyter's
     kernel manager) that take a command, not a ``preexec_fn``."""
-    return [sys.executable, "-P", "-m", "grading.sandbox", str(limits.memory), str(limits.file_size),
+    return [sys.executable, "-P", "-m", "grading.sandbox", str(address_space(limits)), str(limits.file_size),
             str(limits.processes), "--"] + list(command)
 
 
@@ -430,7 +456,8 @@ class Process:
         self.start = time.monotonic()
         self.popen = subprocess.Popen(argv, cwd=ws.cwd, env=env if not ws.isolated else {"PATH": "/usr/bin:/bin"},
                                       stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
-                                      pass_fds=tuple(pass_fds), preexec_fn=lambda: apply_limits(limits))
+                                      pass_fds=tuple(pass_fds),
+                                      preexec_fn=functools.partial(apply_limits, limits, address_space(limits)))
         os.close(out_w)
         os.close(err_w)
         self.tree = Tree(self.popen.pid, ws.isolated)
@@ -484,6 +511,6 @@ def is_memory_error(text: str) -> bool:
 
 
 if __name__ == "__main__":  # python -m grading.sandbox MEMORY FILE_SIZE PROCESSES -- COMMAND...
-    _memory, _file_size, _processes, _sep, *_command = sys.argv[1:]
-    apply_limits(Limits(memory=int(_memory), file_size=int(_file_size), processes=int(_processes)))
+    _address, _file_size, _processes, _sep, *_command = sys.argv[1:]
+    apply_limits(Limits(file_size=int(_file_size), processes=int(_processes)), int(_address))
     os.execvp(_command[0], _command)

@@ -129,13 +129,17 @@ def _cmdline(pid: int) -> bytes:
 
 def test_memory_limit(tmp_path, course_dir):
     outcome, _ = run(tmp_path, course_dir, """
-        import torch
+        import torch, torchvision
+        t = torch.ones(2 << 30, dtype=torch.uint8)  # 2 GiB, touched: within the limit
+        print("allocated 2 GiB", bool(t[0] == 1) and bool(t[-1] == 1))
+        del t
         try:
             t = torch.empty(8 << 30, dtype=torch.uint8)
             print("ALLOCATED 8 GiB")
         except RuntimeError as exc:
             print(exc)
     """, limits=sandbox.Limits(memory=4 * sandbox.GiB))
+    assert "allocated 2 GiB True" in outcome.stdout, outcome.stdout + outcome.stderr
     assert "ALLOCATED" not in outcome.stdout
     assert sandbox.is_memory_error(outcome.stdout), outcome.stdout + outcome.stderr
     assert sandbox.memory_message(sandbox.Limits()) == "memory limit of 4 GiB exceeded"

@@ -90,9 +90,25 @@ def _top_level(cells) -> dict[str, tuple[int, ast.stmt]]:
     return defs
 
 
+def method(path, class_name: str, name: str) -> ast.FunctionDef | None:
+    """A method ``name`` of the notebook's (last) class ``class_name``, if it defines one."""
+    found = _top_level(_cells(path)).get(class_name)
+    if found is None or not isinstance(found[1], ast.ClassDef):
+        return None
+    return next((n for n in found[1].body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+
+
 def reachable(cells, roots) -> list[tuple[int, ast.stmt]]:
-    """The top-level functions and classes of the notebook that ``roots`` use, transitively."""
+    """The top-level functions and classes of the notebook that ``roots`` use, transitively; a root
+    that is only a method of a class (``MyNet.backpropagation``) is looked up there."""
     defs = _top_level(cells)
+    for root in roots:
+        if root not in defs:
+            for cell, node in list(defs.values()):
+                if isinstance(node, ast.ClassDef):
+                    found = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == root), None)
+                    if found is not None:
+                        defs[root] = (cell, found)
     todo, seen, out = [r for r in roots if r in defs], set(), []
     while todo:
         name = todo.pop()
@@ -203,11 +219,17 @@ def _root_name(node: ast.AST) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
 
 
+#: settings students legitimately assign on imported modules (reproducibility, display)
+SETTINGS = ("torch.backends.", "cudnn.", "pd.options.", "pandas.options.", "np.random.", "os.environ",
+            "plt.rcParams", "mpl.rcParams", "matplotlib.rcParams", "warnings.", "logging.", "sns.")
+
+
 def _tampering(node: ast.AST, imported: set[str]) -> str | None:
     if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
         targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
         for t in targets:
-            if isinstance(t, ast.Attribute) and _root_name(t) in imported and _root_name(t) != "os":
+            if isinstance(t, ast.Attribute) and _root_name(t) in imported and _root_name(t) != "os" \
+                    and not ast.unparse(t).startswith(SETTINGS):
                 return f"changes an attribute of the imported {_root_name(t)} ({ast.unparse(t)})"
             if isinstance(t, ast.Subscript) and ast.unparse(t.value) == "sys.modules":
                 return "replaces a module in sys.modules"

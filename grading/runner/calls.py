@@ -14,7 +14,7 @@ import re
 #: course role -> the parameter names students use for it (compared without case and underscores)
 ALIASES = {
     "n_epochs": ("n_epochs", "epochs", "num_epochs", "nb_epochs", "n_epoch", "num_epoch", "number_of_epochs",
-                 "max_epochs", "epoch", "nepochs", "total_epochs"),
+                 "max_epochs", "epoch", "nepochs", "total_epochs", "epoch_count", "n_iter", "iterations"),
     "lr": ("lr", "learning_rate", "eta", "step_size", "lr_rate", "learningrate"),
     "model": ("model", "net", "network", "mlp", "classifier", "nn_model"),
     "loss_fn": ("loss_fn", "loss_function", "criterion", "loss", "lossfn", "loss_func", "cost_fn", "loss_fct",
@@ -57,11 +57,12 @@ def describe(fn) -> str:
         return getattr(fn, "__name__", repr(fn))
 
 
-def bind(fn, values: dict, task: str, extras: dict | None = None) -> tuple[list, dict, str]:
+def bind(fn, values: dict, task: str, extras: dict | None = None, satisfied=()) -> tuple[list, dict, str]:
     """``(args, kwargs, how)`` to call ``fn`` with the course's ``values`` (role -> value).
 
     ``extras`` (role -> value) fill parameters the course does not ask for but students add
-    (``device``, ``val_loader``), only when the function has them without a default.
+    (``device``, ``val_loader``), only when the function has them without a default. Roles in
+    ``satisfied`` need no parameter (the function reads them as globals the caller has set).
     """
     sig = inspect.signature(fn)
     params = list(sig.parameters.values())
@@ -77,6 +78,8 @@ def bind(fn, values: dict, task: str, extras: dict | None = None) -> tuple[list,
             value = values[role]
         elif role in extras and p.default is p.empty:
             value = extras[role]
+        elif role in NEUTRAL and p.default is p.empty:
+            value = NEUTRAL[role]  # a required weight_decay / momentum the case does not use: off
         elif p.default is not p.empty:
             continue
         else:
@@ -101,7 +104,8 @@ def bind(fn, values: dict, task: str, extras: dict | None = None) -> tuple[list,
             f"signature mismatch: the notebook defines `{describe(fn)}`; cannot tell what to pass as "
             f"{', '.join(unknown)}. Expected the parameters {', '.join(POSITIONAL.get(task, values))}"
             f"{_optional_text(values)} (names such as {_examples(values)} are recognised)")
-    missing = [r for r in values if r not in used and not (r in NEUTRAL and values[r] == NEUTRAL[r])]
+    missing = [r for r in values if r not in used and r not in satisfied
+               and not (r in NEUTRAL and values[r] == NEUTRAL[r])]
     if missing and var_kw:
         kwargs.update({r: values[r] for r in missing})
         how.append(f"{', '.join(missing)} through **kwargs")

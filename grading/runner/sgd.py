@@ -74,8 +74,11 @@ def run_training(module, request: dict, tensors: dict) -> tuple[dict, dict]:
     # globals the function reads instead of its parameters (a notebook-level `train_loader`, `device`)
     injected = _inject(module, fn, {"train_loader": train_loader, "val_loader": val_loader,
                                     "device": torch.device("cpu"), "loss_fn": loss_fn, "model": model})
+    satisfied = {calls.role_of(n) for n in injected}  # read as globals, not taken as parameters
     args, kwargs, how = calls.bind(fn, values, task, extras={"device": torch.device("cpu"),
-                                                             "val_loader": val_loader})
+                                                             "val_loader": val_loader}, satisfied=satisfied)
+    if injected:
+        how += f"; the notebook-level {', '.join(injected)} replaced by the grader's"
     returned = fn(*args, **kwargs)
     params = {f"p{i}": p for i, p in enumerate(models.read_weights(model))}
     return {"called": f"{calls.describe(fn)} {how}", "injected": injected, "losses": _losses(returned)}, params
