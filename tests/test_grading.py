@@ -1,229 +1,185 @@
-"""The instructors' grader (``python -m grading``) on student-like submissions in tests/fixtures/.
+"""The instructors' grader: its command line, its pieces, and the submissions that test its robustness.
 
-Each fixture folder is graded once per session by running the grader as a subprocess, as an
-instructor would (``make grade SUBMISSION=...``), and its report is checked for the expected
-verdicts and diagnoses. The infinite-loop fixture is graded with short time limits. Unit tests
-cover the rubric, the command line's errors, the sandbox guard and the SGD exactness check.
+The verdicts on student-like work are in test_grading_students.py, the attacks in
+test_grading_attacks.py, the sandbox in test_sandbox.py. Here: a batch with folders that are not
+submissions, an infinite loop, a syntax error, a notebook that fails half-way, a machine without
+the sandbox, --no-sandbox written into the report, the rubric, the channel's validation of what
+the runner sends, the static reading of the notebooks, the calls by parameter name, the SGD
+diagnoses, and the Gradescope package run locally on a folder laid out like /autograder.
 """
 from __future__ import annotations
 
-import hashlib
+import csv
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 
+from grading import channel, registry
 from grading import rubric as rubric_mod
-from grading import sgd_check
-from grading.worker import load
+from grading.checks import sgd, static
+from grading.runner import calls
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-NAMES = ["correct", "no_activation_derivative", "updates_weights", "forgets_weight_decay",
-         "raises_halfway", "malicious", "syntax_error", "infinite_loop"]
-BACKPROP = ["backprop_toy", "backprop_mnist", "backprop_batch", "backprop_activations", "backprop_deep"]
-MANUAL = [f"manual_{case}" for case in sgd_check.CASES]
-ESCAPE = Path("/tmp/inf265-grading-escape.txt")  # what the malicious fixture tries to write
+GOOD = FIXTURES / "students" / "skeleton_conventions"
 
 
-def _grade_cmd(*args):
-    return [sys.executable, "-m", "grading", *map(str, args)]
+def _env(shared_data, **extra):
+    return dict(os.environ, DATA_DIR=str(Path(shared_data).resolve()), **extra)
 
 
-def _env():
-    env = dict(os.environ)
-    env.setdefault("DATA_DIR", str(ROOT.parent / "shared" / "data"))
-    env["DATA_DIR"] = str(Path(env["DATA_DIR"]).resolve())
-    return env
-
-
-def _tree_digest(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory, shared_data):
-    """{fixture name: report dict}; also the grader's stdout and the fixtures' digests."""
-    out = tmp_path_factory.mktemp("grading-out")
-    before = {name: _tree_digest(FIXTURES / name) for name in NAMES}
-    ESCAPE.unlink(missing_ok=True)
-    normal = [FIXTURES / n for n in NAMES if n != "infinite_loop"]
-    runs = [subprocess.run(_grade_cmd(*normal, "--out", out), cwd=ROOT, env=_env(),
-                           capture_output=True, text=True, timeout=900),
-            # alone, with a short cell limit: the loop is stopped at 6 s of CPU in the check
-            # (the rubric's default) and at 10 s in the notebook cell
-            subprocess.run(_grade_cmd(FIXTURES / "infinite_loop", "--out", out, "--timeout", 10),
-                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)]
-    for run in runs:
-        assert run.returncode == 0, run.stdout + run.stderr
-    reports = {name: json.loads((out / name / "report.json").read_text()) for name in NAMES}
-    return {"reports": reports, "out": out, "before": before,
-            "stdout": "".join(r.stdout for r in runs)}
+def _grade(shared_data, *args, timeout=900, **env):
+    return subprocess.run([sys.executable, "-m", "grading", *map(str, args)], cwd=ROOT, env=_env(shared_data, **env),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def _checks(report) -> dict:
     return {c["id"]: c for c in report["checks"]}
 
 
-def _status(report) -> dict:
-    return {c["id"]: c["status"] for c in report["checks"]}
+# ------------------------------------------------------------------------------- a batch
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory, shared_data):
+    """One run over good, bad and hostile-by-accident folders, as an instructor would start it."""
+    base = tmp_path_factory.mktemp("batch")
+    (base / "empty").mkdir()
+    (base / "not_a_submission").mkdir()
+    (base / "not_a_submission" / "report.pdf").write_bytes(b"%PDF-1.4")
+    out = base / "out"
+    folders = [GOOD, base / "missing", base / "empty", base / "not_a_submission",
+               FIXTURES / "syntax_error", FIXTURES / "raises_halfway"]
+    run = _grade(shared_data, *folders, "--out", out, "--jobs", "2")
+    # alone, with short limits: the loop is stopped at 5 s of CPU in the check and 10 s in the cell
+    loop = _grade(shared_data, FIXTURES / "infinite_loop", "--out", out, "--timeout", 10, "--check-timeout", 5)
+    names = ["skeleton_conventions", "missing", "empty", "not_a_submission", "syntax_error", "raises_halfway",
+             "infinite_loop"]
+    reports = {n: json.loads((out / n / "report.json").read_text()) for n in names}
+    return {"run": run, "loop": loop, "reports": reports, "out": out}
 
 
-# ------------------------------------------------------------------------------- the fixtures
+def test_folders_that_are_not_submissions_do_not_stop_the_batch(batch):
+    run, reports = batch["run"], batch["reports"]
+    assert run.returncode == 1, run.stdout + run.stderr  # 1: some folder was not gradable
+    assert "not gradable here (see their reports): " in run.stderr
+    assert "does not exist" in reports["missing"]["not_gradable"]
+    assert "it is empty" in reports["empty"]["not_gradable"]
+    assert "holds neither notebook" in reports["not_a_submission"]["not_gradable"]
+    assert reports["skeleton_conventions"]["score"] == reports["skeleton_conventions"]["max_score"]
+    rows = {r["student"]: r for r in csv.DictReader((batch["out"] / "grades.csv").open())}
+    assert rows["empty"]["backpropagation"] == rows["empty"]["train_manual_update"] == "not_gradable"
+    assert rows["empty"]["score"] == ""
+    assert rows["skeleton_conventions"]["backpropagation"] == "pass"
 
-def test_correct_submission_gets_full_marks(graded):
-    report = graded["reports"]["correct"]
-    assert set(_status(report).values()) == {"pass"}, _status(report)
-    assert report["score"] == report["max_score"] == rubric_mod.load().total > 0
+
+def test_syntax_error_and_missing_notebook(batch):
+    report = batch["reports"]["syntax_error"]
     checks = _checks(report)
-    assert "7 / 7 harness checks passed" in checks["backprop_mnist"]["message"]
-    assert "bitwise equal" in checks["manual_nesterov"]["message"]
-    # the definitions needed the notebook's `device = torch.device(...)`, which nbdefs skips
-    assert "device = " in checks["load_gradient_descent"]["message"]
-
-
-def test_missing_activation_derivative_is_diagnosed(graded):
-    report = graded["reports"]["no_activation_derivative"]
-    status, checks = _status(report), _checks(report)
-    for check in BACKPROP:
-        assert status[check] == "fail", (check, checks[check]["message"])
-        assert "activation derivative" in checks[check]["message"], checks[check]["message"]
-    assert all(status[c] == "pass" for c in ["load_backpropagation", "load_gradient_descent", "train_sgd"] + MANUAL)
-    nb = checks["notebook_backpropagation"]
-    assert nb["status"] == "error" and nb["details"]["cell"] == 4  # the toy main_test cell raises
-    assert "AssertionError" in nb["message"] and "activation derivative" in nb["message"]
-    assert status["notebook_gradient_descent"] == "pass"
-    assert report["score"] == report["max_score"] - sum(c["max_points"] for c in report["checks"]
-                                                        if c["id"] in BACKPROP + ["notebook_backpropagation"])
-
-
-def test_backprop_that_updates_the_weights_is_caught(graded):
-    report = graded["reports"]["updates_weights"]
-    status, checks = _status(report), _checks(report)
-    for check in BACKPROP:
-        assert status[check] == "fail"
-        assert "changes no parameter" in checks[check]["message"] and "modified" in checks[check]["message"]
-    assert all(status[c] == "pass" for c in ["train_sgd"] + MANUAL)
-    assert status["notebook_backpropagation"] == "error"
-
-
-def test_forgotten_weight_decay_is_named(graded):
-    report = graded["reports"]["forgets_weight_decay"]
-    status, checks = _status(report), _checks(report)
-    failing = {c for c, s in status.items() if s != "pass"}
-    assert failing == {"manual_weight_decay", "manual_combined"}
-    for check in failing:
-        assert "weight decay is missing" in checks[check]["message"], checks[check]["message"]
-        assert checks[check]["details"]["max_abs_difference"] > 0
-    assert report["score"] == report["max_score"] - checks["manual_weight_decay"]["max_points"] \
-        - checks["manual_combined"]["max_points"]
-
-
-def test_notebook_raising_halfway_reports_the_cell(graded):
-    report = graded["reports"]["raises_halfway"]
-    status, checks = _status(report), _checks(report)
-    nb = checks["notebook_gradient_descent"]
-    assert nb["status"] == "error"
-    assert nb["details"]["cell"] == 9 and nb["details"]["cells_not_run"] == 1
-    assert "code cell 9 of 10: RuntimeError" in nb["message"] and "shapes cannot be multiplied" in nb["message"]
-    assert "view(-1, 3 * 32 * 32)" in nb["details"]["cell_source"] or "compute_accuracy" in nb["details"]["cell_source"]
-    # its definitions are fine: every other check passes (definitions are loaded, not the notebook run)
-    assert {c for c, s in status.items() if s != "pass"} == {"notebook_gradient_descent"}
-    executed = graded["out"] / "raises_halfway" / nb["details"]["executed_notebook"]
-    assert executed.is_file()
-
-
-def test_infinite_loop_is_stopped_at_the_limit(graded):
-    report = graded["reports"]["infinite_loop"]
-    status, checks = _status(report), _checks(report)
-    assert status["manual_plain"] == "timeout"
-    assert "time limit of 6 s" in checks["manual_plain"]["message"]
-    assert all(status[c] == "skipped" for c in MANUAL[1:])
-    assert all(status[c] == "pass" for c in BACKPROP + ["train_sgd", "notebook_backpropagation"])
-    nb = checks["notebook_gradient_descent"]
-    assert nb["status"] == "timeout" and nb["details"]["cell"] == 7
-    assert "time limit of 10 s per cell" in nb["message"]
-    assert report["seconds"] < 60
-
-
-def test_syntax_error_and_missing_notebook(graded):
-    report = graded["reports"]["syntax_error"]
-    status, checks = _status(report), _checks(report)
-    assert status["load_backpropagation"] == "error"
-    assert "SyntaxError: backpropagation.ipynb, code cell 3 (cell index 4): expected ':'" in \
-        checks["load_backpropagation"]["message"]
-    assert all(status[c] == "skipped" for c in BACKPROP)
+    assert checks["load_backpropagation"]["status"] == "fail"
+    assert "code cell 3" in checks["load_backpropagation"]["message"] or \
+        "SyntaxError" in checks["load_backpropagation"]["message"], checks["load_backpropagation"]["message"]
     nb = checks["notebook_backpropagation"]
     assert nb["status"] == "error" and nb["details"]["cell"] == 3 and "SyntaxError" in nb["message"]
-    for check in rubric_mod.SGD_CHECKS + ("notebook_gradient_descent",):
-        assert status[check] == "fail" and "gradient_descent.ipynb is missing" in checks[check]["message"]
+    for check_id in registry.ids(part="sgd") + ("notebook_gradient_descent",):
+        assert checks[check_id]["status"] == "fail"
+        assert "gradient_descent.ipynb is missing" in checks[check_id]["message"]
     assert report["score"] == 0
 
 
-def test_malicious_notebook_cannot_escape(graded):
-    report = graded["reports"]["malicious"]
+def test_a_notebook_failing_half_way_names_its_cell(batch):
+    report = batch["reports"]["raises_halfway"]
+    nb = _checks(report)["notebook_gradient_descent"]
+    assert nb["status"] == "error"
+    assert nb["details"]["cell"] == 9 and nb["details"]["cells_not_run"] == 1
+    assert nb["message"].startswith("code cell 9 of 10: RuntimeError") and "(1 later code cell(s) not run)" in nb["message"]
+    assert "compute_accuracy" in nb["details"]["cell_source"]
+    assert (batch["out"] / "raises_halfway" / nb["details"]["executed_notebook"]).is_file()
+    # its functions are right: only the notebook check fails
+    assert report["tasks"] == {"backpropagation": "pass", "train_manual_update": "pass"}
+
+
+def test_an_infinite_loop_is_stopped_at_the_limit(batch):
+    assert batch["loop"].returncode == 0, batch["loop"].stderr
+    report = batch["reports"]["infinite_loop"]
     checks = _checks(report)
+    assert checks["manual_plain"]["status"] == "timeout"
+    assert "time limit of 5 s of CPU time in train_manual_update" in checks["manual_plain"]["message"]
+    for case in ("manual_weight_decay", "manual_momentum", "manual_combined"):
+        assert checks[case]["status"] == "skipped" and "exceeded the time limit" in checks[case]["message"]
+    assert checks["backprop_toy"]["status"] == checks["train_sgd"]["status"] == "pass"
     nb = checks["notebook_gradient_descent"]
-    assert nb["status"] == "error" and "SystemExit: bye" in nb["message"] and nb["details"]["cell"] == 9
-    executed = json.loads((graded["out"] / "malicious" / nb["details"]["executed_notebook"]).read_text())
-    attempts = "".join(executed["cells"][-3]["outputs"][0]["text"])
-    for line in ("rmtree ../.. PermissionError", "rm -rf ../.. PermissionError", "write /tmp PermissionError",
-                 "remove ../../grader PermissionError", "kill parent PermissionError"):
-        assert line in attempts, attempts
-    assert not ESCAPE.exists()
-    # the grader survived and graded everything else
-    assert {c for c, s in _status(report).items() if s != "pass"} == {"notebook_gradient_descent"}
+    assert nb["status"] == "timeout" and nb["details"]["cell"] == 7 and "time limit of 10 s per cell" in nb["message"]
 
 
-def test_reports_written_outside_the_submissions_which_stay_unchanged(graded):
-    for name in NAMES:
-        assert _tree_digest(FIXTURES / name) == graded["before"][name], f"{name} was modified"
-        md = (graded["out"] / name / "report.md").read_text()
-        assert f"Student: **{name}**" in md and "| Check | Result | Points | Diagnostic |" in md
-        report = graded["reports"][name]
-        assert f"Score: **{report['score']:g} / {report['max_score']:g}**" in md
-        assert report["seconds"] < 60, (name, report["seconds"])
-        assert [c["id"] for c in report["checks"]] == list(rubric_mod.ALL_CHECKS)
-        assert f"{name}: {report['score']:g} / {report['max_score']:g}" in graded["stdout"]
+def test_reports_are_written_outside_the_submissions(batch):
+    for name, report in batch["reports"].items():
+        md = (batch["out"] / name / "report.md").read_text()
+        assert f"Student: **{name}**" in md
+        if report.get("not_gradable"):
+            continue
+        assert "| Check | Result | Points | Diagnostic |" in md
+        assert [c["id"] for c in report["checks"]] == list(registry.IDS)
+        assert "bubblewrap" in report["sandbox"]
+    assert not any(p.name in ("results", "executed") for p in GOOD.iterdir())
 
 
 # ------------------------------------------------------------------------------- command line
 
-def test_existing_folder_that_is_not_a_report_is_not_replaced(tmp_path):
-    (tmp_path / "correct").mkdir()
-    keep = tmp_path / "correct" / "notes.txt"
+@pytest.mark.parametrize("args, message", [
+    (["tests/test_grading.py", "--timeout", "0"], "--timeout must be a positive number"),
+    (["tests/fixtures/students/skeleton_conventions", "--out", "tests/fixtures/students/skeleton_conventions/out"],
+     "never writes into a submission"),
+    (["tests/fixtures/students/skeleton_conventions", "--rubric", "nowhere.toml"], "rubric file nowhere.toml not found"),
+    (["tests/fixtures/students/skeleton_conventions", "--jobs", "0"], "--jobs must be at least 1"),
+])
+def test_command_line_errors(shared_data, args, message):
+    run = _grade(shared_data, *args, timeout=120)
+    assert run.returncode == 2 and message in run.stderr, run.stderr
+    assert not (GOOD / "out").exists()
+
+
+def test_an_existing_folder_that_is_not_a_report_is_not_replaced(tmp_path, shared_data):
+    (tmp_path / "skeleton_conventions").mkdir()
+    keep = tmp_path / "skeleton_conventions" / "notes.txt"
     keep.write_text("instructor's notes")
-    run = subprocess.run(_grade_cmd(FIXTURES / "correct", "--out", tmp_path), cwd=ROOT, env=_env(),
-                         capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and "is not a grading report folder" in run.stderr, run.stderr
+    run = _grade(shared_data, GOOD, "--out", tmp_path, timeout=120)
+    assert run.returncode == 2 and "is not a grading report folder" in run.stderr
     assert keep.read_text() == "instructor's notes"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["tests/fixtures/does-not-exist"], "does not exist"),
-    (["tests/test_grading.py"], "is not a folder"),
-    (["tests"], "holds neither backpropagation.ipynb nor gradient_descent.ipynb"),
-    (["tests/fixtures/correct", "--out", "tests/fixtures/correct/out"], "never writes into a submission"),
-    (["tests/fixtures/correct", "--timeout", "0"], "--timeout must be a positive number"),
-    (["tests/fixtures/correct", "--rubric", "nowhere.toml"], "rubric file nowhere.toml not found"),
-])
-def test_command_line_errors(args, message):
-    run = subprocess.run(_grade_cmd(*args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and message in run.stderr, run.stderr
-    assert not (FIXTURES / "correct" / "out").exists()
+def test_without_the_sandbox_the_grader_refuses_and_says_how_to_enable_it(tmp_path, shared_data):
+    run = _grade(shared_data, GOOD, "--out", tmp_path, timeout=120, INF265_BWRAP="/bin/false")
+    assert run.returncode == 2
+    assert "refusing to grade" in run.stderr and "user namespaces" in run.stderr and "--no-sandbox" in run.stderr
+    assert not (tmp_path / "skeleton_conventions").exists()
 
+
+def test_no_sandbox_is_written_into_every_report(tmp_path, shared_data):
+    run = _grade(shared_data, GOOD, "--out", tmp_path, "--no-sandbox", "--no-notebooks", timeout=600,
+                 INF265_BWRAP="/bin/false")
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "skeleton_conventions" / "report.json").read_text())
+    assert report["sandbox"].startswith("NOT SANDBOXED (--no-sandbox)")
+    assert "NOT SANDBOXED" in (tmp_path / "skeleton_conventions" / "report.md").read_text()
+    assert report["tasks"] == {"backpropagation": "pass", "train_manual_update": "pass"}
+
+
+# ------------------------------------------------------------------------------- rubric
 
 @pytest.mark.parametrize("text, message", [
     ("[checks.backprop_toy]\npoints = 'three'\n", "checks.backprop_toy.points must be a number"),
     ("[checks.no_such_check]\npoints = 1\n", "unknown check id(s) no_such_check"),
-    ("[checks.backprop_toy]\ntitle = 'x'\n", "needs `points = <number>`"),
-    ("[scoring]\nrounding_credit = 2\n", "between 0 and 1"),
+    ("[scoring.backprop_subchecks]\nruns = 0.5\n", "must add up to 1"),
+    ("[scoring.backprop_subchecks]\nspeed = 0.1\n", "is not a sub-check"),
     ("[checks\n", "is not valid TOML"),
 ])
 def test_bad_rubric_is_rejected_with_a_clear_message(tmp_path, text, message):
@@ -236,144 +192,207 @@ def test_bad_rubric_is_rejected_with_a_clear_message(tmp_path, text, message):
 
 def test_rubric_scores():
     rubric = rubric_mod.load()
-    assert set(rubric.points) == set(rubric_mod.ALL_CHECKS) and not rubric.unscored
-    assert rubric.score("manual_plain", "pass") == rubric.points["manual_plain"]
-    assert rubric.score("manual_plain", "partial") == rubric.points["manual_plain"] * rubric.rounding_credit
-    assert rubric.score("manual_plain", "timeout") == 0
+    assert set(rubric.points) == set(registry.IDS)
+    assert all(rubric.points[c.id] == 0 for c in registry.CHECKS if c.scope == "beyond")
+    assert rubric.score("backprop_toy", "pass") == rubric.points["backprop_toy"] > 0
+    assert rubric.score("backprop_toy", "partial", 0.25) == rubric.points["backprop_toy"] * 0.25
+    assert rubric.score("backprop_toy", "timeout") == rubric.score("backprop_toy", "not_gradable") == 0
 
 
-# ------------------------------------------------------------------------------- the guard
+# ------------------------------------------------------------------------------- the channel
 
-def test_guard_refuses_changes_outside_the_sandbox(tmp_path):
-    sandbox, outside = tmp_path / "sandbox", tmp_path / "outside"
-    (sandbox / "work").mkdir(parents=True)
-    outside.mkdir()
-    canary = outside / "canary.txt"
-    canary.write_text("alive")
-    code = textwrap.dedent(f"""
-        import os, shutil, subprocess, sys
-        tries = {{
-            "remove": lambda: os.remove({str(canary)!r}),
-            "rmtree": lambda: shutil.rmtree({str(outside)!r}),
-            "rmtree ..": lambda: shutil.rmtree("../.."),
-            "write": lambda: open({str(canary)!r}, "w"),
-            "rename": lambda: os.rename({str(canary)!r}, "stolen"),
-            "symlink write": lambda: (os.symlink({str(canary)!r}, "link"), open("link", "a")),
-            "shell": lambda: os.system("rm -rf " + {str(outside)!r}),
-            "program": lambda: subprocess.run(["rm", {str(canary)!r}]),
-            "python without guard": lambda: subprocess.run([sys.executable, "-c", "pass"], env={{}}),
-            "kill all": lambda: os.kill(-1, 0),
-        }}
-        for name, attempt in tries.items():
-            try:
-                attempt()
-                print(name, "ALLOWED")
-            except PermissionError as exc:
-                assert "INF265 grader's sandbox" in str(exc), exc
-                print(name, "refused")
-        open("inside.txt", "w").write("ok")
-        os.remove("inside.txt")
-        print("inside allowed")
+def _reader(data: bytes) -> channel.Reader:
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    return channel.Reader(r, max_bytes=1 << 20)
+
+
+def test_a_message_goes_through_the_channel():
+    t = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    header, tensors = _reader(channel.encode({"id": "x", "n": 1}, {"t": t})).receive()
+    assert header == {"id": "x", "n": 1} and torch.equal(tensors["t"], t)
+    packed, extra = channel.pack({"a": [t, {"b": None}], "s": "text"})
+    assert channel.unpack(packed, extra)["a"][0] is t
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"pass\n" * 10, "does not start with the channel's marker"),
+    (channel.MAGIC + (1 << 40).to_bytes(8, "big"), "header of"),
+    (channel.MAGIC + (5).to_bytes(8, "big") + b"{oops", "not JSON"),
+    (channel.MAGIC + (61).to_bytes(8, "big") + b'{"tensors": [{"name": "t", "dtype": "object", "shape": [2]}]}',
+     "dtype 'object'"),
+    (channel.MAGIC + (61).to_bytes(8, "big") + b'{"tensors": [{"name": "t", "dtype": "int64", "shape": [-1]}]}',
+     "invalid shape"),
+])
+def test_malformed_replies_are_refused_with_a_reason(data, message):
+    with pytest.raises(channel.ChannelError, match=message):
+        _reader(data).receive()
+
+
+def test_a_reply_announcing_more_tensor_bytes_than_allowed_is_refused():
+    head = json.dumps({"tensors": [{"name": "t", "dtype": "float64", "shape": [1 << 20, 1 << 4]}]}).encode()
+    with pytest.raises(channel.ChannelError, match="more than"):
+        _reader(channel.MAGIC + len(head).to_bytes(8, "big") + head).receive()
+
+
+# ------------------------------------------------------------------------------- static reading
+
+def _notebook(tmp_path, *sources) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(textwrap.dedent(s)) for s in sources]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_autograd_is_found_in_backpropagation_and_the_helpers_it_calls(tmp_path):
+    path = _notebook(tmp_path, """
+        import torch
+        def helper(model):
+            return [p.grad for p in model.parameters()]
+        def backpropagation(model, y_true, y_pred):
+            grads = helper(model)
+        def unrelated(loss):
+            loss.backward()
     """)
-    env = {"PATH": os.environ["PATH"], "TMPDIR": str(sandbox), "HOME": str(sandbox),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "grading" / "_site"), str(ROOT)]),
-           "INF265_SANDBOX_ROOTS": str(sandbox)}
-    run = subprocess.run([sys.executable, "-c", code], cwd=sandbox / "work", env=env, capture_output=True,
-                         text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    assert "ALLOWED" not in run.stdout, run.stdout
-    assert run.stdout.count("refused") == 10 and "inside allowed" in run.stdout
-    assert canary.read_text() == "alive"
+    found = static.autograd_findings(path)
+    assert len(found) == 1 and found[0]["cell"] == 1 and ".grad" in found[0]["what"]
+    clean = _notebook(tmp_path, """
+        def backpropagation(model, y_true, y_pred):
+            delta = -2 * (y_true - y_pred) * model.df[model.L](model.z[model.L])
+            model.dL_dw[model.L] = delta.T @ model.a[model.L - 1]
+    """)
+    assert static.autograd_findings(clean) == []
 
 
-# ------------------------------------------------------------------------------- SGD check
-
-@pytest.fixture(scope="module")
-def correct_gd():
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.double)
-    torch.set_num_threads(1)
-    module, _ = load(FIXTURES / "correct" / "gradient_descent.ipynb", ("MyMLP", "train", "train_manual_update"))
-    yield module
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
-
-
-def test_sgd_check_passes_the_correct_update_bitwise(correct_gd):
-    for case in sgd_check.CASES:
-        passed, message, details = sgd_check.check_manual(correct_gd.MyMLP, correct_gd.train_manual_update, case)
-        assert passed is True, message
-        assert details["max_abs_difference"] == 0.0
+def test_tampering_is_found_and_settings_are_not(tmp_path):
+    path = _notebook(tmp_path, """
+        import torch, builtins, sys
+        torch.backends.cudnn.deterministic = True
+        torch.equal = lambda *a: True
+        setattr(builtins, "max", min)
+        sys.modules["x"] = None
+    """)
+    found = static.tampering_findings(path)
+    assert {f["line"] for f in found} == {2, 4, 5, 6}, found  # not line 3, the cudnn setting
+    whats = " ".join(f["what"] for f in found)
+    assert "imports builtins" in whats and "(torch.equal)" in whats and "sys.modules" in whats
 
 
-def test_sgd_check_gives_partial_credit_for_rounding_only(correct_gd):
-    def rounded(n_epochs, lr, model, loss_fn, train_loader, weight_decay=0, momentum=0, dampening=0,
-                nesterov=False):
-        for _ in range(n_epochs):
-            for x, y in train_loader:
-                loss_fn(model(x), y).backward()
-                with torch.no_grad():
-                    for p in model.parameters():
-                        p -= lr * p.grad  # not p.add_(g, alpha=-lr): different rounding
-                model.zero_grad()
+# ------------------------------------------------------------------------------- calls by name
 
-    passed, message, details = sgd_check.check_manual(correct_gd.MyMLP, rounded, "plain")
-    assert passed == "partial" and "up to rounding" in message
-    assert 0 < details["max_abs_difference"] < 1e-12
+@pytest.mark.parametrize("source, how", [
+    ("def f(n_epochs, lr, model, loss_fn, train_loader, weight_decay=0, momentum=0): pass", "by name"),
+    ("def f(n_epochs, model, loss_fn, train_loader, lr=1e-2, momentum_coeff=0., weight_decay=0.): pass",
+     "momentum as momentum_coeff"),
+    ("def f(epochs, learning_rate, model, loss_function, trainloader, l2=0, beta=0): pass", "lr as learning_rate"),
+    ("def f(model, loss_fn, train_loader, lr=1e-2, momentum_coeff=0., weight_decay=0., n_epochs=30): pass", "by name"),
+    ("def f(n_epochs, lr, model, loss_fn, train_loader, device, **kwargs): pass", "through **kwargs"),
+    ("def f(a, b, c, d, e, **kw): pass", "positional course order"),
+])
+def test_student_signatures_are_called_by_name(source, how):
+    namespace = {}
+    exec(source, namespace)
+    values = {"n_epochs": 2, "lr": 0.01, "model": "M", "loss_fn": "L", "train_loader": "D", "momentum": 0.9,
+              "weight_decay": 0.0}
+    args, kwargs, said = calls.bind(namespace["f"], values, "train_manual_update", extras={"device": "cpu"})
+    assert how in said
+    bound = {**dict(zip(["n_epochs", "lr", "model", "loss_fn", "train_loader"], args)), **kwargs}
+    assert 2 in bound.values() and "M" in bound.values() and "D" in bound.values()
 
 
-def test_sgd_check_names_accumulating_gradients_and_missing_keywords(correct_gd):
-    def no_zero_grad(n_epochs, lr, model, loss_fn, train_loader, weight_decay=0, momentum=0, dampening=0,
-                     nesterov=False):
-        for _ in range(n_epochs):
-            for x, y in train_loader:
-                loss_fn(model(x), y).backward()
-                with torch.no_grad():
-                    for p in model.parameters():
-                        p.add_(p.grad, alpha=-lr)
-
-    passed, message, _ = sgd_check.check_manual(correct_gd.MyMLP, no_zero_grad, "plain")
-    assert passed is False and "not zeroed" in message
-
-    def old_signature(n_epochs, lr, model, loss_fn, train_loader, weight_decay=0, momentum=0):
+def test_an_unmappable_signature_says_what_is_expected():
+    def train_manual_update(n_epochs, lr, model, loss_fn, train_loader, gamma):
         pass
-
-    passed, message, _ = sgd_check.check_manual(correct_gd.MyMLP, old_signature, "nesterov")
-    assert passed is False and "nesterov" in message
-
-
-def test_sgd_check_catches_a_train_without_zero_grad(correct_gd):
-    def train(n_epochs, optimizer, model, loss_fn, train_loader):
-        for _ in range(n_epochs):
-            for x, y in train_loader:
-                loss_fn(model(x), y).backward()
-                optimizer.step()
-
-    passed, message, _ = sgd_check.check_train(correct_gd.MyMLP, train)
-    assert passed is False and "not zeroed" in message
-    assert sgd_check.check_train(correct_gd.MyMLP, correct_gd.train)[0] is True
+    with pytest.raises(calls.SignatureMismatch) as info:
+        calls.bind(train_manual_update, {"n_epochs": 1, "lr": 0.1, "model": 0, "loss_fn": 0, "train_loader": 0,
+                                         "momentum": 0.9}, "train_manual_update")
+    message = str(info.value)
+    assert message.startswith("signature mismatch: the notebook defines `train_manual_update(n_epochs, lr, model, "
+                              "loss_fn, train_loader, gamma)`") and "gamma" in message
 
 
-# ------------------------------------------------------------------------------- nbval sanitizer
+# ------------------------------------------------------------------------------- SGD diagnoses
 
-def test_instructor_sanitizer_makes_machine_specific_outputs_equal():
-    import configparser
-    import re
+@pytest.fixture
+def double():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
-    cfg = configparser.ConfigParser()
-    cfg.read(ROOT / "grading" / "nbval_sanitize.cfg")
-    rules = [(re.compile(cfg[s]["regex"]), cfg[s]["replace"]) for s in cfg.sections()]
 
-    def clean(text):
-        for regex, replace in rules:
-            text = regex.sub(replace, text)
-        return text
+@pytest.mark.parametrize("mistake, hyper, words", [
+    ("weights_only", {"weight_decay": 0.01}, "weights only"),
+    ("reset_each_epoch", {"momentum": 0.9}, "reset every epoch"),
+    ("aliased_buffer", {"momentum": 0.9}, "p.grad itself"),
+])
+def test_common_update_mistakes_are_named(double, mistake, hyper, words):
+    weights, x, y = sgd.problem()
+    got = sgd.reference(weights, x, y, mistake=mistake, **hyper)
+    status, message, _ = sgd.verdict(got, weights, x, y, hyper, "train_manual_update")
+    assert status == "fail" and words in message, message
 
-    student = ("Training on device cuda:0. Saved /home/ola/inf265/results/loss.png in 12.3 s, "
-               "<Figure at 0x7f3a2b1c9d80>, 2025-09-14 10:31:02, File /tmp/ipykernel_77/2726715026.py")
-    instructor = ("Training on device cpu. Saved /work/main/grading-out/x/results/loss.png in 3 s, "
-                  "<Figure at 0x55d1e2f3a4b0>, 2026-11-23 14:20:00, File /tmp/ipykernel_12/1150337701.py")
-    assert clean(student) == clean(instructor)
-    # what is graded is left alone: numbers, accuracies, losses
-    assert clean("test accuracy 0.873, loss 0.31542") == "test accuracy 0.873, loss 0.31542"
-    assert clean("identical: True, 5 / 5") == "identical: True, 5 / 5"
+
+def test_rounding_differences_pass_and_say_they_are_not_bitwise(double):
+    weights, x, y = sgd.problem()
+    want = sgd.reference(weights, x, y, momentum=0.9)
+    got = [w + 1e-17 * torch.sign(w) for w in want]
+    status, message, details = sgd.verdict(got, weights, x, y, {"momentum": 0.9}, "m")
+    assert status == "pass" and "not bitwise" in message and details["bitwise_equal"] is False
+
+
+# ------------------------------------------------------------------------------- Gradescope
+
+def test_gradescope_package_grades_a_folder_laid_out_like_autograder(tmp_path, shared_data):
+    zip_path = tmp_path / "gradescope-autograder.zip"
+    build = subprocess.run([sys.executable, "-m", "grading.gradescope", "build", str(zip_path)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    with zipfile.ZipFile(zip_path) as z:
+        names = z.namelist()
+        assert {"setup.sh", "run_autograder", "grading/gradescope.py", "tests_backpropagation.py",
+                "requirements.txt"} <= set(names)
+        assert z.getinfo("run_autograder").external_attr >> 16 & 0o111
+        root = tmp_path / "autograder"
+        z.extractall(root / "source")
+    (root / "run_autograder").write_bytes((root / "source" / "run_autograder").read_bytes())
+    (root / "run_autograder").chmod(0o755)
+    subprocess.run(["cp", "-r", str(GOOD), str(root / "submission")], check=True)
+    (root / "results").mkdir()
+    env = _env(shared_data, AUTOGRADER_ROOT=str(root), AUTOGRADER_PYTHON=sys.executable)
+    run = subprocess.run([str(root / "run_autograder")], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = json.loads((root / "results" / "results.json").read_text())
+    _validate_gradescope(results)
+    assert results["score"] == sum(t["score"] for t in results["tests"]) == 28
+    assert {t["status"] for t in results["tests"]} <= {"passed", "failed"}
+    assert any("[backprop_toy]" in t["name"] for t in results["tests"])
+
+
+def _validate_gradescope(results: dict) -> None:
+    """The fields of Gradescope's autograder specification (results.json), and their types."""
+    top = {"score": (int, float), "execution_time": (int, float), "output": str, "visibility": str,
+           "stdout_visibility": str, "extra_data": dict, "tests": list, "leaderboard": list}
+    test = {"score": (int, float), "max_score": (int, float), "status": str, "name": str, "number": str,
+            "output": str, "tags": list, "visibility": str, "extra_data": dict}
+    visibility = {"hidden", "after_due_date", "after_published", "visible"}
+    assert set(results) <= set(top), set(results) - set(top)
+    for key, kind in top.items():
+        assert key not in results or isinstance(results[key], kind), key
+    for key in ("visibility", "stdout_visibility"):
+        assert results.get(key, "visible") in visibility
+    for t in results["tests"]:
+        assert set(t) <= set(test), set(t) - set(test)
+        for key, kind in test.items():
+            assert key not in t or isinstance(t[key], kind), (key, t)
+        assert t.get("visibility", "visible") in visibility and t.get("status", "passed") in ("passed", "failed")
+        assert 0 <= t["score"] <= t["max_score"] or t["max_score"] == 0
+
+
+def test_gradebook_csv_columns():
+    from grading import report as report_mod
+    rows = list(csv.reader(io.StringIO(report_mod.gradebook([]))))
+    assert rows == [["student", "score", "max_score", "backpropagation", "train_manual_update", *registry.IDS]]

@@ -12,7 +12,6 @@ function that used autograd or evaluated the model scores 0.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import importlib.util
 import sys
@@ -50,19 +49,33 @@ def harness(path: str):
 
 @functools.lru_cache(maxsize=None)
 def setup(harness_path: str, check_id: str, data_dir: Path | None):
-    """(reference net, x, y, points) of a check: the same every time (seeded), computed once."""
+    """(reference net, x, y, points) of a check: the same every time (seeded), computed once. The net
+    is only for reading; :func:`reference` gives each check its own."""
     h, plan = harness(harness_path), PLANS[check_id]
     n_l = plan["n_l"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
-        reference = h.ReferenceNet(n_l, plan.get("activations") or "tanh").to(torch.float64)
+    net = h.ReferenceNet(n_l, plan.get("activations") or "tanh").to(torch.float64)
+    gen = torch.Generator().manual_seed(SEED)  # its own generator: threads grading side by side agree
+    with torch.no_grad():
+        for layer in net.fc.values():  # nn.Linear's default range, U(-1/sqrt(n_in), 1/sqrt(n_in))
+            bound = layer.in_features ** -0.5
+            for p in (layer.weight, layer.bias):
+                p.copy_(torch.rand(p.shape, generator=gen, dtype=torch.float64) * 2 * bound - bound)
     if plan["data"] == "mnist":
         x, y = h.load_mnist_sample(5, torch.float64, root=data_dir)
         n_points = 1
     else:
-        x, y = h.toy_data(reference, plan.get("n", 10), "sse", torch.float64)
+        x, y = h.toy_data(net, plan.get("n", 10), "sse", torch.float64)
         n_points = 3 if not plan.get("batch") else 2
-    return reference, x, y, h.parameter_points(reference, x, y, "sse", n_points)
+    return net, x, y, h.parameter_points(net, x, y, "sse", n_points)
+
+
+def reference(h, check_id: str, points) -> torch.nn.Module:
+    """A fresh reference net of a check at its first point (``judge`` moves its parameters, so each
+    check, of each submission graded at the same time, has its own)."""
+    plan = PLANS[check_id]
+    net = h.ReferenceNet(plan["n_l"], plan.get("activations") or "tanh").to(torch.float64)
+    h._load_point(net, points[0])
+    return net
 
 
 def _collection(reply: dict, tensors: dict) -> dict:
@@ -97,8 +110,8 @@ def check(runner, notebook: str, check_id: str, ctx) -> tuple[str, str, dict]:
     """One backpropagation check of :data:`PLANS` (see the module docstring)."""
     h = harness(str(ctx.harness))
     plan = PLANS[check_id]
-    reference, x, y, points = setup(str(ctx.harness), check_id, ctx.data)
-    reference = copy.deepcopy(reference)  # judge moves its parameters: one copy per check (--jobs)
+    _, x, y, points = setup(str(ctx.harness), check_id, ctx.data)
+    net = reference(h, check_id, points)
     tensors = {"x": x, "y": y}
     for p, point in enumerate(points):
         tensors.update({f"point{p}:{key}": t for key, t in point.items()})
@@ -106,22 +119,21 @@ def check(runner, notebook: str, check_id: str, ctx) -> tuple[str, str, dict]:
               "n_points": len(points), "batch": bool(plan.get("batch")), "timeout": ctx.check_cpu}
     reply, reply_tensors = runner.request("backprop", header, tensors, cpu_seconds=ctx.check_cpu,
                                           what="backpropagation")
-    net = f"MyNet({plan['n_l']})"
+    name = f"MyNet({plan['n_l']})"
     if reply.get("status") != "ok":
         error = text(reply.get("error", "unknown error"), 1500)
-        return "error", f"could not run the check on {net}: {error}", {
+        return "error", f"could not run the check on {name}: {error}", {
             "traceback": text(reply.get("traceback", ""))}
-    outputs = tensor(reply_tensors, "outputs", (x.shape[0], plan["n_l"][-1]), f"{net}'s outputs",
+    outputs = tensor(reply_tensors, "outputs", (x.shape[0], plan["n_l"][-1]), f"{name}'s outputs",
                      dtypes=(torch.float64, torch.float32), finite=False)
     with torch.no_grad():
-        h._load_point(reference, points[0])
-        want = reference(x)
+        want = net(x)
     if not torch.allclose(outputs.to(torch.float64), want, rtol=1e-6, atol=1e-9):
-        return "fail", (f"the notebook's {net} does not compute the course's forward pass a[l] = f[l](fc[l](a[l-1])) "
+        return "fail", (f"the notebook's {name} does not compute the course's forward pass a[l] = f[l](fc[l](a[l-1])) "
                         f"(outputs differ by up to {float((outputs - want).abs().max()):.3g}); its gradients cannot "
                         f"be compared"), {}
     collection = _collection(reply, reply_tensors)
-    result = h.judge(collection, reference, x, y, points, loss="sse", eps=1e-6, data=plan["data"])
+    result = h.judge(collection, net, x, y, points, loss="sse", eps=1e-6, data=plan["data"])
     status, message, fraction = verdict(result, ctx.rubric.subcheck_weights)
     details = {"fraction": fraction, "harness_checks": [{"id": c.id, "name": c.name, "passed": c.passed,
                                                         "message": c.message} for c in result.checks]}

@@ -33,13 +33,17 @@ CASES = {
 SPLIT_HINTS = {"momentum": ("mom", "momentum"), "weight_decay": ("wd", "decay", "l2", "reg", "weight")}
 
 
-@functools.lru_cache(maxsize=None)
-def problem(seed: int = 265) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Initial weights (course order), inputs (N, 3, 16, 16) and labels (N,) the grader chose (computed once;
-    never changed by its users)."""
+def problem() -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Initial weights (course order), inputs (N, 3, 16, 16) and labels (N,) the grader chose: the same
+    objects for every check and every submission graded at the same time (never changed by their users)."""
+    return _PROBLEM
+
+
+def _make_problem(seed: int = 265) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = course_mlp().to(torch.float64)
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's initialisation draws from the global generator
+        torch.manual_seed(seed)
+        model = course_mlp().to(torch.float64)
     weights = [p.detach().clone() for p in model.parameters()]
     n = N_BATCHES * BATCH_SIZE
     x = torch.randn(n, *IN_SHAPE, generator=gen, dtype=torch.float64)
@@ -47,33 +51,67 @@ def problem(seed: int = 265) -> tuple[list[torch.Tensor], torch.Tensor, torch.Te
     return weights, x, y
 
 
-def reference(weights, x, y, zero_grad: bool = True, **hyper) -> list[torch.Tensor]:
+_PROBLEM = _make_problem()  # at import (under the import lock): threads grading side by side share it
+
+
+def reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None, **hyper) -> list[torch.Tensor]:
     """The parameters after the standard torch.optim.SGD loop from ``weights`` (cached for the grader's problem)."""
     if weights is problem()[0]:
-        return _reference_of_problem(zero_grad, tuple(sorted(hyper.items())))
-    return _reference(weights, x, y, zero_grad, **hyper)
+        return _reference_of_problem(zero_grad, mistake, tuple(sorted(hyper.items())))
+    return _reference(weights, x, y, zero_grad, mistake, **hyper)
 
 
 @functools.lru_cache(maxsize=None)
-def _reference_of_problem(zero_grad: bool, hyper: tuple) -> list[torch.Tensor]:
-    return _reference(*problem(), zero_grad, **dict(hyper))
+def _reference_of_problem(zero_grad: bool, mistake, hyper: tuple) -> list[torch.Tensor]:
+    return _reference(*problem(), zero_grad, mistake, **dict(hyper))
 
 
-def _reference(weights, x, y, zero_grad: bool = True, **hyper) -> list[torch.Tensor]:
+def _reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None, **hyper) -> list[torch.Tensor]:
+    """The standard loop; ``mistake`` reproduces a common wrong update (for :func:`diagnose`):
+    ``"reset_each_epoch"`` (momentum buffers started afresh every epoch), ``"weights_only"`` (no
+    weight decay on the biases), ``"aliased_buffer"`` (the momentum buffer stored is ``p.grad`` itself
+    when there is no weight decay, and ``p.grad.zero_()`` then zeroes it too)."""
     model = course_mlp().to(torch.float64)
     with torch.no_grad():
         for p, w in zip(model.parameters(), weights):
             p.copy_(w)
-    optimizer = torch.optim.SGD(model.parameters(), lr=hyper.pop("lr", LR), **hyper)
+    lr = hyper.pop("lr", LR)
+    params = list(model.parameters())
+    if mistake == "weights_only":
+        groups = [{"params": [p for p in params if p.dim() > 1]},
+                  {"params": [p for p in params if p.dim() == 1], "weight_decay": 0.0}]
+    else:
+        groups = [{"params": params}]
+    optimizer = torch.optim.SGD(groups, lr=lr, **hyper)
     loss_fn = nn.CrossEntropyLoss()
+    buffers = {}
     with torch.enable_grad():
         for _ in range(N_EPOCHS):
+            if mistake == "reset_each_epoch":
+                optimizer = torch.optim.SGD(groups, lr=lr, **hyper)
             for i in range(0, len(x), BATCH_SIZE):
-                if zero_grad:
+                if zero_grad and mistake != "aliased_buffer":
                     optimizer.zero_grad()
                 loss_fn(model(x[i:i + BATCH_SIZE]), y[i:i + BATCH_SIZE]).backward()
-                optimizer.step()
+                if mistake == "aliased_buffer":
+                    _aliased_step(params, buffers, lr, **hyper)
+                else:
+                    optimizer.step()
     return [p.detach().clone() for p in model.parameters()]
+
+
+def _aliased_step(params, buffers, lr, momentum=0.0, weight_decay=0.0, **_):
+    """One step of the aliasing mistake, as students write it (see :func:`_reference`)."""
+    with torch.no_grad():
+        for p in params:
+            g = p.grad
+            if weight_decay:
+                g = g + weight_decay * p
+            if p in buffers:
+                g = g + momentum * buffers[p]
+            buffers[p] = g
+            p.copy_(p - lr * g)
+            p.grad.zero_()
 
 
 def compare(got, want) -> tuple[bool, float, float]:
@@ -99,6 +137,15 @@ def diagnose(got, weights, x, y, hyper: dict) -> str:
     if hyper.get("nesterov"):
         variants.append(("the Nesterov step is missing (g = g + momentum * b)", {**hyper, "nesterov": False}))
     variants.append(("the update goes uphill (the sign of the step is flipped)", {**hyper, "maximize": True}))
+    if hyper.get("weight_decay"):
+        variants.append(("weight decay is applied to the weights only: torch.optim.SGD adds weight_decay * p to "
+                         "every parameter's gradient, the biases' too", {**hyper, "mistake": "weights_only"}))
+    if hyper.get("momentum"):
+        variants.append(("the momentum buffers are reset every epoch: they must live across epochs, like the "
+                         "optimizer's state", {**hyper, "mistake": "reset_each_epoch"}))
+        variants.append(("the momentum buffer is the tensor p.grad itself (an alias), so zeroing the gradient "
+                         "zeroes the buffer: keep a copy (b = g.clone()) or a separate tensor",
+                         {**hyper, "mistake": "aliased_buffer"}))
     for message, variant in variants:
         if compare(got, reference(weights, x, y, **variant))[2] < RELATIVE:
             return message

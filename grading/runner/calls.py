@@ -95,8 +95,9 @@ def bind(fn, values: dict, task: str, extras: dict | None = None, satisfied=()) 
     if unknown:
         positional = POSITIONAL.get(task)
         plain = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        if positional and len(plain) >= len(positional) and all(r in values for r in positional) and \
-                all(p.default is p.empty for p in plain[:len(positional)]):
+        required = [p for p in plain if p.default is p.empty]
+        if positional and len(required) == len(positional) and all(r in values for r in positional) and \
+                plain[:len(positional)] == required:
             # nothing recognisable: the course's positional order, as the course's harness called it
             return [values[r] for r in positional], _leftover(values, positional, var_kw), \
                 f"positional course order ({', '.join(positional)})"
