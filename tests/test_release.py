@@ -276,10 +276,15 @@ def test_make_check_passes_on_a_finished_backpropagation(restored, shared_data):
 
 
 def test_the_round_trip_scores_full_marks_in_the_grader(restored, tmp_path, shared_data):
-    out = tmp_path / "grading-out"
-    done = subprocess.run([sys.executable, "-m", "grading", str(restored), "--out", str(out), "--timeout", "600"],
+    """What students hand in (the two notebooks, here with the reference's regions) gets full marks;
+    the grader re-executes both notebooks, so they run top to bottom without the hand-out's other files."""
+    submission, out = tmp_path / "submission", tmp_path / "grading-out"
+    submission.mkdir()
+    for name in NOTEBOOKS:
+        (submission / name).write_bytes((restored / name).read_bytes())
+    done = subprocess.run([sys.executable, "-m", "grading", str(submission), "--out", str(out), "--timeout", "600"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
-    report = json.loads((out / restored.name / "report.json").read_text())
+    report = json.loads((out / submission.name / "report.json").read_text())
     failed = {c["id"]: f"{c['status']}: {c.get('message', '')}" for c in report["checks"] if c["status"] != "pass"}
     assert not failed, f"grader exit {done.returncode}; checks not passed: {failed}"
     assert report["score"] == report["max_score"] > 0
