@@ -163,7 +163,9 @@ def main(argv=None) -> int:
                 reports.append(rep)
                 _print(rep, out_root)
     out_root.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_root / "grades.csv", report.gradebook(reports).encode("utf-8"))
+    # every report in the folder, so that batches graded one after the other make one gradebook
+    graded = {r["student"]: r for r in report.read_all(out_root)} | {r["student"]: r for r in reports}
+    atomic_write_bytes(out_root / "grades.csv", report.gradebook(list(graded.values())).encode("utf-8"))
     print(f"gradebook: {os.path.relpath(out_root / 'grades.csv')}")
     if args.no_sandbox:
         print(f"warning: {NO_SANDBOX}", file=sys.stderr)

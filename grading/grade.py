@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from inf265 import ROOT
+
 from . import notebooks, registry, sandbox
 from .checks import backprop as bp_checks
 from .checks import sgd as sgd_checks
@@ -21,6 +23,7 @@ from .checks import static
 from .rubric import Rubric
 from .session import BadReply, Runner, RunnerFailure, text
 
+SELF_CHECK = ROOT / "tests_gradient_descent.py"
 NOTEBOOKS = {"backprop": "backpropagation.ipynb", "sgd": "gradient_descent.ipynb"}
 NOTEBOOK_CHECKS = {"notebook_backpropagation": "backpropagation.ipynb",
                    "notebook_gradient_descent": "gradient_descent.ipynb"}
@@ -41,6 +44,12 @@ class Context:
     cell_timeout: float
     isolated: bool = True
     notebooks: bool = True       # re-execute the notebooks (False: --no-notebooks, the checks only)
+
+    @property
+    def provided(self) -> dict[str, Path]:
+        """The course's files put into every working copy in place of the student's own: the official
+        harness and the public self-check (students hand in only their notebooks)."""
+        return {"tests_backpropagation.py": self.harness, "tests_gradient_descent.py": SELF_CHECK}
 
 
 def check_folder(folder: Path) -> None:
@@ -73,7 +82,7 @@ class Checks:
             return self.runner
         self.close()
         self.ws = sandbox.Workspace(self.submission, self.ctx.course, self.ctx.data,
-                                    {"tests_backpropagation.py": self.ctx.harness}, self.ctx.isolated).__enter__()
+                                    self.ctx.provided, self.ctx.isolated).__enter__()
         self.runner = Runner(self.ws, self.ctx.limits).__enter__()
         for notebook, wanted in list(self.loaded_requests.items()):
             self.runner.request("load", {"notebook": notebook, "wanted": wanted}, cpu_seconds=self.ctx.check_cpu * 3,
@@ -114,13 +123,17 @@ class Checks:
         except Exception as exc:  # noqa: BLE001 - a reply that trips our own checking code
             status, message, details = "error", (f"the grader could not judge this check ({type(exc).__name__}: "
                                                  f"{exc}); the reply may be malformed"), {}
+        if status != "pass" and sandbox.is_memory_error(message) and "memory limit" not in message:
+            message = f"stopped: {sandbox.memory_message(self.ctx.limits)} ({message})"
         result = record(status, message, **details)
         result["seconds"] = round(time.monotonic() - start, 2)
         return result
 
 
-def _load_record(reply: dict, notebook: str, wanted: list[str], required: list[str]) -> tuple[dict, bool]:
-    """The load check's record, and whether the graded functions are there."""
+def _load_record(reply: dict, notebook: str, wanted: list[str], required: list[str],
+                 syntax: list[str] = ()) -> tuple[dict, bool]:
+    """The load check's record, and whether the graded functions are there (``syntax``: the cells that do
+    not parse, which define nothing)."""
     found, skipped = reply.get("found", {}), reply.get("skipped", [])
     missing_modules = reply.get("missing_modules", {})
     absent = [w for w in required if w not in found]
@@ -139,7 +152,8 @@ def _load_record(reply: dict, notebook: str, wanted: list[str], required: list[s
         return record("not_gradable", f"not gradable here: needs the Python module(s) {', '.join(map(str, needs))} "
                                       f"(not installed here), for {', '.join(absent)}", **details), False
     parts = [f"{w}: {why[w]}" if why[w] else f"{w}: not defined at the top level of the notebook" for w in absent]
-    return record("fail", f"{notebook}: cannot load {'; '.join(parts)}", **details), False
+    broken = f" ({'; '.join(syntax)})" if syntax else ""
+    return record("fail", f"{notebook}: cannot load {'; '.join(parts)}{broken}", **details), False
 
 
 def environment(records: dict, reply: dict) -> None:
@@ -175,7 +189,8 @@ def grade_backprop(checks: Checks, folder: Path, ctx: Context) -> dict:
                                                                         "backpropagation") is not None:
         reply.setdefault("found", {})["backpropagation"] = "MyNet.backpropagation (a method of MyNet)"
     records["load_backpropagation"], ok = _load_record(reply, notebook, ["MyNet", "backpropagation"],
-                                                       ["MyNet", "backpropagation"])
+                                                       ["MyNet", "backpropagation"],
+                                                       static.syntax_errors(folder / notebook))
     if "method" in reply["found"].get("backpropagation", ""):
         records["load_backpropagation"]["message"] += (" (backpropagation is defined inside the MyNet class: "
                                                        "called as MyNet.backpropagation(model, y_true, y_pred))")
@@ -220,7 +235,8 @@ def grade_sgd(checks: Checks, folder: Path, ctx: Context) -> dict:
     manual = sgd_checks.manual_functions(found)
     required = ["train", manual[0] if manual else "train_manual_update"]
     records = {}
-    records["load_gradient_descent"], _ = _load_record(reply, notebook, wanted, required)
+    records["load_gradient_descent"], _ = _load_record(reply, notebook, wanted, required,
+                                                       static.syntax_errors(folder / notebook))
     if not reply.get("classes"):
         records["load_gradient_descent"]["message"] += "; no nn.Module subclass (MyMLP) is defined"
     cpu = ctx.check_cpu
@@ -302,7 +318,7 @@ def run_checks(folder: Path, ctx: Context) -> tuple[dict, float, list[str]]:
 def run_notebook(folder: Path, name: str, ctx: Context, out_dir: Path) -> dict:
     if not (folder / name).is_file():
         return record("fail", f"{name} is missing from the submission")
-    with sandbox.Workspace(folder, ctx.course, ctx.data, {"tests_backpropagation.py": ctx.harness},
+    with sandbox.Workspace(folder, ctx.course, ctx.data, ctx.provided,
                            ctx.isolated) as ws:
         limits = sandbox.Limits(memory=ctx.limits.memory, processes=ctx.limits.processes,
                                 cpu_seconds=10 ** 6, wall_seconds=10 ** 6)  # per-cell time limits apply instead

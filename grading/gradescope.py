@@ -32,8 +32,7 @@ from . import sandbox
 from .cli import DEFAULT_HARNESS, NO_SANDBOX, Setup
 
 #: what goes into /autograder/source, relative to the project root (folders recursively, *.py, *.toml)
-SOURCES = ("grading", "inf265/__init__.py", "inf265/data.py", "inf265/nbdefs.py", "inf265/execute.py",
-           "inf265/results.py", "tests_backpropagation.py", "backpropagation.ipynb", "requirements.txt")
+SOURCES = ("grading", "inf265", "tests_backpropagation.py", "tests_gradient_descent.py", "requirements.txt")
 
 SETUP_SH = """#!/usr/bin/env bash
 # Gradescope runs this once, as root, when it builds the autograder image (network available).
@@ -59,7 +58,7 @@ RUN_AUTOGRADER = """#!/usr/bin/env bash
 set -uo pipefail
 root=${AUTOGRADER_ROOT:-/autograder}
 cd "$root/source"
-export DATA_DIR=${DATA_DIR:-$root/source/data}
+export DATA_DIR=${DATA_DIR:-$root/source/data} PYTHONPATH="$root/source"
 exec "${AUTOGRADER_PYTHON:-$root/venv/bin/python}" -P -m grading.gradescope grade "$root/submission" \\
     "$root/results/results.json"
 """

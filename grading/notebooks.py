@@ -15,9 +15,10 @@ from pathlib import Path
 
 import nbformat
 from jupyter_client import AsyncKernelManager
+from jupyter_client.asynchronous import AsyncKernelClient
 
 from inf265 import ROOT
-from inf265.execute import Failure, run
+from inf265.execute import SOURCE_LINES, Failure, code_cell_number, run
 
 from . import sandbox
 
@@ -25,8 +26,19 @@ from . import sandbox
 KEEP_OUTPUT = 256 * 1024  # bytes of outputs per cell kept in the executed notebook of the report
 
 
+class _Client(AsyncKernelClient):
+    """A kernel client without the heartbeat channel: whether the kernel lives is asked of its process
+    (what nbclient does), and jupyter_client's heartbeat thread can hang forever when stopped after
+    the kernel was killed (seen with a flooding notebook)."""
+
+    def start_channels(self, shell=True, iopub=True, stdin=True, hb=True, control=True):
+        super().start_channels(shell=shell, iopub=iopub, stdin=stdin, hb=False, control=control)
+
+
 class SandboxedKernel(AsyncKernelManager):
     """An ipykernel started inside ``ws``'s sandbox, reached over IPC sockets in ``ws.ipc``."""
+
+    client_factory = _Client
 
     def configure(self, ws: sandbox.Workspace, limits: sandbox.Limits, log: Path) -> "SandboxedKernel":
         self.ws, self.limits, self.log_path = ws, limits, log
@@ -73,9 +85,14 @@ def execute(ws: sandbox.Workspace, name: str, cell_timeout: float, limits: sandb
         tree = sandbox.Tree(pid, ws.isolated)
         watch["w"] = sandbox.Watch(tree, limits, lambda: sandbox.kill_tree(tree, pid))
 
+    def output(n_bytes: int, cell_index: int) -> None:
+        if "w" in watch and watch["w"].limit is None:
+            watch["cell"] = cell_index  # the cell whose outputs cross the limit, if they do
+            watch["w"].count_output(n_bytes)
+
     start = time.monotonic()
     failure = run(nb, timeout=cell_timeout, km=km, on_start=started,
-                  on_output=lambda n: watch["w"].count_output(n) if "w" in watch else None,
+                  on_output=lambda n, cell: output(n, cell),
                   keep_output=KEEP_OUTPUT, startup_timeout=120)
     w = watch.get("w")
     if w is not None:
@@ -86,6 +103,9 @@ def execute(ws: sandbox.Workspace, name: str, cell_timeout: float, limits: sandb
     record = {"code_cells": code_cells, "seconds": seconds}
     if failure is None:
         return record | {"status": "pass", "message": f"all {code_cells} code cells ran without error"}
+    if w is not None and w.limit == "output" and watch.get("cell") is not None:  # outputs arrive late: name their cell
+        cell = nb.cells[watch["cell"]]
+        failure = Failure("dead", code_cell_number(nb, cell), watch["cell"], "\n".join(cell.source.splitlines()[:SOURCE_LINES]))
     return record | _failure_record(failure, code_cells, limits, w)
 
 

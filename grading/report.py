@@ -102,6 +102,19 @@ def write(report: dict, out_dir: Path) -> None:
     (out_dir / "report.md").write_text(markdown(report), encoding="utf-8")
 
 
+def read_all(out_root: Path) -> list[dict]:
+    """The reports already in an output folder (``<out>/<student>/report.json``); unreadable ones skipped."""
+    out = []
+    for path in sorted(Path(out_root).glob("*/report.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "student" in data and "checks" in data and "tasks" in data:
+            out.append(data)
+    return out
+
+
 def gradebook(reports: list[dict]) -> str:
     """``grades.csv``: one row per student; task verdicts, then the points of every check."""
     out = io.StringIO()

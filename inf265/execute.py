@@ -74,19 +74,20 @@ class Failure:
 
 
 class _Client(NotebookClient):
-    """nbclient's client, telling ``on_output`` the size in bytes of each output it receives, and
+    """nbclient's client, telling ``on_output`` the size in bytes of each output it receives (and the
+    index of the cell it belongs to), and
     keeping at most ``keep`` bytes of outputs per cell (``None``: all). Past that the outputs are
     dropped, with one note saying so: nbclient appends each chunk of a stream to the previous
     text, so a cell printing without end would otherwise cost quadratic time and unbounded memory."""
 
-    def __init__(self, nb, on_output: Callable[[int], None] | None = None, keep: int | None = None, **kw):
+    def __init__(self, nb, on_output: Callable[[int, int], None] | None = None, keep: int | None = None, **kw):
         super().__init__(nb, **kw)
         self._on_output, self._keep, self._kept = on_output, keep, {}
 
     def output(self, outs, msg, display_id, cell_index):
         size = len(json.dumps(msg.get("content", {})).encode("utf-8"))
         if self._on_output is not None:
-            self._on_output(size)
+            self._on_output(size, cell_index)
         if self._keep is not None:
             kept = self._kept.get(cell_index, 0)
             self._kept[cell_index] = kept + size
@@ -99,13 +100,13 @@ class _Client(NotebookClient):
 
 
 def run(nb, timeout: float | None = 1800, *, kernel: str = "python3", km=None, cwd: Path | None = None,
-        env: dict | None = None, on_start: Callable | None = None, on_output: Callable[[int], None] | None = None,
+        env: dict | None = None, on_start: Callable | None = None, on_output: Callable[[int, int], None] | None = None,
         keep_output: int | None = None, startup_timeout: float = 60) -> Failure | None:
     """Execute the notebook ``nb`` (a NotebookNode, filled in place) in a fresh kernel.
 
     Stops at the first failing cell. ``km``: a kernel manager to use (default: a new one for
     ``kernel``); ``cwd``/``env``: the kernel's folder and environment; ``on_start(client)`` is
-    called once the kernel is ready, ``on_output(n_bytes)`` for every output; ``keep_output``: bytes of
+    called once the kernel is ready, ``on_output(n_bytes, cell_index)`` for every output; ``keep_output``: bytes of
     outputs kept per cell (default all). The kernel is shut
     down in every case. Returns ``None`` when every cell ran, else a :class:`Failure`.
     """

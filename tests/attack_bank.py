@@ -165,8 +165,13 @@ def _indent(code: str, prefix: str) -> str:
     return textwrap.indent(textwrap.dedent(code).strip(), prefix)
 
 
-def _function(template: str, trick: str) -> str:
-    body = "try:\n" + _indent(trick, "    ") + "\nexcept BaseException as _exc:\n    print('trick:', repr(_exc))"
+#: tricks whose failure is the point (the allocation must fail): not wrapped in try/except
+RAISING = {"memory"}
+
+
+def _function(template: str, trick: str, name: str) -> str:
+    body = trick if name in RAISING else (
+        "try:\n" + _indent(trick, "    ") + "\nexcept BaseException as _exc:\n    print('trick:', repr(_exc))")
     return template.replace("    TRICK", _indent(body, "    "))
 
 
@@ -179,7 +184,7 @@ def build(folder: Path, name: str, trick: str) -> Path:
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}: the reference's definitions, wrong code, a trick"),
                     nbformat.v4.new_code_cell(definitions_source(ROOT / notebook)),
-                    nbformat.v4.new_code_cell("import torch\n" + _function(template, trick).strip()),
+                    nbformat.v4.new_code_cell("import torch\n" + _function(template, trick, name).strip()),
                     nbformat.v4.new_code_cell(textwrap.dedent(trick).strip())]
         nbformat.write(nb, str(out / notebook))
     return out

@@ -178,7 +178,7 @@ def test_killed_kernel_says_so_in_one_line_and_changes_nothing(tmp_path, private
 def test_run_returns_the_failure_kind_cell_and_error(tmp_path):
     nb = _notebook("x = 1", "print('hello')\nraise KeyError('missing')", "print('never')")
     sizes, started = [], []
-    failure = run(nb, timeout=60, cwd=tmp_path, on_start=started.append, on_output=sizes.append)
+    failure = run(nb, timeout=60, cwd=tmp_path, on_start=started.append, on_output=lambda n, cell: sizes.append(n))
     assert failure == Failure("error", cell=2, index=1, source="print('hello')\nraise KeyError('missing')",
                               ename="KeyError", evalue="'missing'")
     assert len(started) == 1 and started[0].nb is nb

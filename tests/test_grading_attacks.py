@@ -51,7 +51,7 @@ def attacked(tmp_path_factory, shared_data):
     env = dict(os.environ, DATA_DIR=str(Path(shared_data).resolve()))
     start = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "grading", *map(str, folders), "--out", str(out), "--jobs", "2",
-                          "--timeout", "60"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+                          "--timeout", "30"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     seconds = time.monotonic() - start
     time.sleep(1)
     server.shutdown()

@@ -74,6 +74,21 @@ def _cells(path) -> list[tuple[int, ast.Module]]:
     return out
 
 
+def syntax_errors(path) -> list[str]:
+    """``"code cell N: SyntaxError: ... (line L)"`` for every cell Python cannot parse (they define nothing)."""
+    nb = nbformat.read(str(path), as_version=4)
+    out, number = [], 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        number += 1
+        try:
+            ast.parse(_clean(cell.source))
+        except SyntaxError as exc:
+            out.append(f"code cell {number}: {type(exc).__name__}: {exc.msg} (line {exc.lineno})")
+    return out
+
+
 def _finding(cell: int, node: ast.AST, what: str) -> dict:
     code = ast.unparse(node) if not isinstance(node, ast.Module) else ""
     return {"cell": cell, "line": getattr(node, "lineno", 0), "code": code.splitlines()[0][:120] if code else "",
