@@ -1,16 +1,18 @@
-"""Benchmark of gradient_descent.ipynb's data path: ``python bench/bench_epoch.py [--no-notebook]``.
+"""Benchmark of gradient_descent.ipynb's data path: ``python bench/bench_epoch.py [--notebook]``.
 
 1. One training epoch of the notebook's ``MyMLP`` with its ``train`` over 10000 cat/automobile
    images (the size of full CIFAR-10's cat+automobile training set; the offline sample is tiled
    to that size), batch 256, one CPU thread (as in the notebook):
-   A = the usual course style, a ``DataLoader`` whose dataset applies PIL ``Resize`` +
-   ``ToTensor`` + ``Normalize`` to every image in ``__getitem__``, every epoch;
-   B = the notebook's path, images preprocessed once into double tensors (``inf265.cifar``),
-   batches by indexing (``cifar.tensor_loader``). Prints ``epoch (...): A s vs B s, ratio A/B``
-   (best of 5 runs each; the one-off preprocessing cost of B is printed separately).
-2. The whole notebook, executed like ``make run`` in a scratch copy of the project, on a
-   full-size tiled replica of CIFAR-10 (50000 training / 10000 test images, built in memory by
-   tiling the data found in ``$DATA_DIR``). The project's ``results/`` are not touched.
+   A = the usual course style, a ``DataLoader`` whose dataset applies torchvision's ``Resize``,
+   ``ToDtype`` and ``Normalize`` to every image in ``__getitem__``, every epoch;
+   B = the notebook's path: its ``resize`` and ``normalise`` once over the whole tensor, then its
+   ``make_loader`` (a ``DataLoader`` over a ``TensorDataset``).
+   Prints ``epoch (...): A s vs B s, ratio A/B`` (best of 5 runs each); the one-off preprocessing
+   cost of B is printed on its own line. Both paths give the same images (checked).
+2. With ``--notebook``: the whole notebook, executed like ``make run`` in a scratch copy of the
+   project, on a full-size tiled replica of CIFAR-10 (50000 training / 10000 test images, built in
+   memory by tiling the data found in ``$DATA_DIR``). Prints its wall time; ``results/`` are not
+   touched.
 """
 from __future__ import annotations
 
@@ -24,12 +26,13 @@ import time
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inf265 import ROOT, cifar  # noqa: E402
+from inf265 import ROOT  # noqa: E402
 from inf265.data import data_dir, get_cifar10  # noqa: E402
 from inf265.nbdefs import load_definitions  # noqa: E402
 
@@ -52,14 +55,27 @@ _data.get_cifar10 = _tiled
 '''
 
 
-def tiled_cat_car(n: int):
+def tiled_cat_car(nb, n: int):
+    """(uint8 images (n, 3, 32, 32), labels 0/1): the notebook's class selection, tiled to n images."""
     ds = get_cifar10(True, verbose=False)
-    keep = np.isin(np.asarray(ds.targets), cifar.KEEP)
-    reps = -(-n // int(keep.sum()))
-    ds.data = np.concatenate([ds.data[keep]] * reps)[:n]
-    ds.targets = [cifar.KEEP.index(t) for t in np.asarray(ds.targets)[keep]] * reps
-    ds.targets = ds.targets[:n]
-    return ds
+    images, labels = nb.select_classes(nb.as_tensor_images(ds), ds.targets, nb.KEEP)
+    reps = -(-n // len(labels))
+    return images.repeat(reps, 1, 1, 1)[:n], labels.repeat(reps)[:n]
+
+
+class PerImage(Dataset):
+    """The usual course style: every image transformed on its own, at every access."""
+
+    def __init__(self, images, labels, mean, std, size):
+        self.images, self.labels = images, labels
+        self.transform = v2.Compose([v2.Resize((size, size), antialias=True),
+                                     v2.ToDtype(torch.double, scale=True), v2.Normalize(mean, std)])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.labels[i]
 
 
 def best_of(runs, fn):
@@ -75,13 +91,13 @@ def bench_epoch(runs: int = 5) -> float:
     torch.set_default_dtype(torch.double)
     torch.set_num_threads(1)
     nb = load_definitions(NOTEBOOK)
-    ds = tiled_cat_car(N_IMAGES)
+    images, labels = tiled_cat_car(nb, N_IMAGES)
     start = time.perf_counter()
-    x = cifar.resize_to_double(cifar.images_as_tensor(ds), 16)
-    mean, std = cifar.channel_stats(x)
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    y = torch.tensor(ds.targets)
+    (x,), mean, std = nb.normalise(nb.resize(images, nb.IMAGE_SIZE))
     prep = time.perf_counter() - start
+    per_image = PerImage(images, labels, mean, std, nb.IMAGE_SIZE)
+    for i in (0, N_IMAGES // 2, N_IMAGES - 1):
+        assert torch.allclose(per_image[i][0], x[i], atol=1e-12), "the two data paths give different images"
     torch.manual_seed(0)
     model0 = nb.MyMLP()
     loss_fn = nn.CrossEntropyLoss()
@@ -90,13 +106,13 @@ def bench_epoch(runs: int = 5) -> float:
         model = copy.deepcopy(model0)
         nb.train(1, torch.optim.SGD(model.parameters(), lr=0.01), model, loss_fn, loader)
 
-    pil = cifar.pil_loader(ds, mean, std, BATCH, image_size=16, seed=0)
-    fast = cifar.tensor_loader(x, y, BATCH, shuffle=True, seed=0)
-    a = best_of(runs, lambda: epoch(pil))
-    b = best_of(runs, lambda: epoch(fast))
+    course = DataLoader(per_image, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0))
+    ours = nb.make_loader(x, labels, BATCH, 0)
+    a = best_of(runs, lambda: epoch(course))
+    b = best_of(runs, lambda: epoch(ours))
     print(f"preprocessing once ({N_IMAGES} images to 16x16 double tensors): {prep:.2f} s")
-    print(f"epoch ({N_IMAGES} images, batch {BATCH}, 1 thread, per-image PIL DataLoader vs preloaded tensors): "
-          f"{a:.2f} s vs {b:.2f} s, ratio {a / b:.1f}")
+    print(f"epoch ({N_IMAGES} images, batch {BATCH}, 1 thread, per-image transforms vs the notebook's "
+          f"preprocessed tensors): {a:.2f} s vs {b:.2f} s, ratio {a / b:.1f}")
     return a / b
 
 
@@ -122,11 +138,11 @@ def bench_notebook() -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-notebook", action="store_true", help="skip the full-size notebook run")
+    parser.add_argument("--notebook", action="store_true", help="also run the whole notebook at full size")
     parser.add_argument("--runs", type=int, default=5, help="runs per epoch timing (best is kept)")
     args = parser.parse_args(argv)
     bench_epoch(args.runs)
-    if not args.no_notebook:
+    if args.notebook:
         bench_notebook()
     return 0
 
