@@ -108,7 +108,7 @@ def results(report: dict) -> dict:
                       "max_score": c["max_points"], "status": "passed" if c["status"] == "pass" else "failed",
                       "output": output, "visibility": "visible",
                       "tags": [c["task"], c["scope"]]})
-    summary = (f"Tasks: " + ", ".join(f"{t}: {s}" for t, s in report["tasks"].items()) + "\n"
+    summary = ("Tasks: " + ", ".join(f"{t}: {s}" for t, s in report["tasks"].items()) + "\n"
                f"Sandbox: {report['sandbox']}\nChecks of the functions took {report['checks_seconds']:.1f} s.")
     return {"score": report["score"], "execution_time": round(report["seconds"]), "output": summary,
             "stdout_visibility": "hidden", "tests": tests}

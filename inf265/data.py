@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from torchvision.datasets import CIFAR10, MNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
-from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
+from torchvision.datasets.utils import calculate_md5
 
 from . import ROOT
 

@@ -108,20 +108,23 @@ def load_definitions(path: str | Path, name: str | None = None) -> types.ModuleT
 # --------------------------------------------------------------------------------------------
 # the grader's variant: only what the wanted names need
 # --------------------------------------------------------------------------------------------
+def parsed_cells(path: str | Path) -> list[tuple[int, ast.Module | SyntaxError]]:
+    """(code cell number from 1, its parsed source, or the SyntaxError Python raised on it)."""
+    nb = nbformat.read(str(path), as_version=4)
+    cells = [cell for cell in nb.cells if cell.cell_type == "code"]
+    out = []
+    for number, cell in enumerate(cells, start=1):
+        try:
+            out.append((number, ast.parse(_clean(cell.source))))
+        except SyntaxError as exc:
+            out.append((number, exc))
+    return out
+
+
 def _statements(path: str | Path) -> list[tuple[int, ast.stmt]]:
     """(code cell number from 1, statement) for every top-level statement; unparsable cells skipped."""
-    nb = nbformat.read(str(path), as_version=4)
-    out, number = [], 0
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        number += 1
-        try:
-            tree = ast.parse(_clean(cell.source))
-        except SyntaxError:
-            continue
-        out += [(number, node) for node in tree.body]
-    return out
+    return [(number, node) for number, tree in parsed_cells(path) if isinstance(tree, ast.Module)
+            for node in tree.body]
 
 
 def _scope_names(node: ast.stmt) -> tuple[set[str], set[str]]:

@@ -1,5 +1,4 @@
 """Shared pytest fixtures: the data folder and a no-network switch."""
-import os
 from pathlib import Path
 
 import pytest

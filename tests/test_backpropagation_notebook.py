@@ -1,8 +1,7 @@
 """backpropagation.ipynb as students get it: the hand-out built from its solution regions.
 
-The release tool replaces each region between ``### BEGIN SOLUTION: <message>`` and
-``### END SOLUTION`` by ``raise NotImplementedError("<message>")`` (the convention and its
-implementation, ``stub_regions``, are those of ``tests/test_gradient_descent.py``). The hand-out
+``make release`` (``inf265.release``) replaces each region between ``### BEGIN SOLUTION: <message>``
+and ``### END SOLUTION`` by ``raise NotImplementedError("<message>")``. The hand-out
 must keep the course's ``MyNet`` and the graded function's name, signature and docstring, and, run
 top to bottom, stop at its first stub with NotImplementedError, never with a NameError or an
 ImportError before it.
@@ -16,7 +15,9 @@ import torch
 
 from inf265 import ROOT
 from inf265.nbdefs import load_definitions
-from test_gradient_descent import _message, _regions, stub_regions
+from inf265 import release
+
+from handouts import first_stop, write_handout
 
 NOTEBOOK = ROOT / "backpropagation.ipynb"
 
@@ -28,23 +29,16 @@ def nb():
 
 @pytest.fixture(scope="module")
 def handout(tmp_path_factory):
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            cell.source = stub_regions(cell.source)
-            cell.outputs, cell.execution_count = [], None
-    path = tmp_path_factory.mktemp("handout") / NOTEBOOK.name
-    nbformat.write(notebook, path)
-    return path
+    return write_handout(NOTEBOOK, tmp_path_factory.mktemp("handout"))
 
 
 def test_the_solution_region_is_the_body_of_backpropagation_and_names_its_section():
-    regions = _regions(nbformat.read(NOTEBOOK, as_version=4))
+    regions = release.regions(nbformat.read(NOTEBOOK, as_version=4), NOTEBOOK.name)
     assert len(regions) == 1
-    message = _message(regions[0]["message"])
+    message = regions[0].message
     assert re.match(r"Section 2\.\d, write backpropagation: equations \(4\)-\(7\) for every layer\b", message)
     assert "model.dL_dw[l]" in message and "model.dL_db[l]" in message
-    assert regions[0]["indent"] == "    "  # inside the function: its def line and docstring ship
+    assert regions[0].indent == "    "  # inside the function: its def line and docstring ship
 
 
 def test_the_handout_keeps_mynet_and_the_graded_signature(nb, handout):
@@ -69,18 +63,5 @@ def test_the_handout_keeps_mynet_and_the_graded_signature(nb, handout):
 
 def test_the_handout_stops_at_its_first_stub(handout, shared_data):
     """Run top to bottom, the hand-out reaches the stub: no NameError or ImportError before it."""
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
-    notebook = nbformat.read(handout, as_version=4)
-    client = NotebookClient(notebook, timeout=300, kernel_name="python3",
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                            resources={"metadata": {"path": str(ROOT)}})
-    results = ROOT / "results"
-    before = {p.name: p.read_bytes() for p in results.glob("bp_*")}
-    with pytest.raises(CellExecutionError) as err:
-        client.execute()
-    assert err.value.ename == "NotImplementedError", f"stopped by {err.value.ename}: {err.value.evalue}"
-    region = _regions(nbformat.read(NOTEBOOK, as_version=4))[0]
-    assert err.value.evalue == _message(region["message"])
-    assert {p.name: p.read_bytes() for p in results.glob("bp_*")} == before, "the hand-out wrote results"
+    region = release.regions(nbformat.read(NOTEBOOK, as_version=4), NOTEBOOK.name)[0]
+    assert first_stop(handout, "bp_*") == region.message

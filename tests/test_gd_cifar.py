@@ -11,7 +11,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 
 from inf265 import ROOT, cifar_figures

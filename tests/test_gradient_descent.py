@@ -7,7 +7,6 @@ import copy
 import inspect
 import re
 
-import nbformat
 import pytest
 import torch
 import torch.nn as nn
@@ -16,6 +15,8 @@ from hypothesis import strategies as st
 
 from inf265 import ROOT
 from inf265.nbdefs import load_definitions
+
+from handouts import first_stop, messages, write_handout
 
 NOTEBOOK = ROOT / "gradient_descent.ipynb"
 
@@ -228,68 +229,21 @@ def test_training_lowers_the_loss(nb):
 
 
 # --------------------------------------------------------------- the students' hand-out (nbgrader)
-# The hand-out replaces each region between "### BEGIN SOLUTION[: message]" and "### END SOLUTION"
-# by `raise NotImplementedError("<message>")` at the indentation of the BEGIN line. These tests
-# apply that convention to the notebook and check what students would get.
-
-BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION(?P<message>.*)$")
-END = re.compile(r"^(?P<indent>[ \t]*)### END SOLUTION\s*$")
-
-
-def _message(rest: str) -> str:
-    return rest.strip().lstrip(":").strip()
-
-
-def stub_regions(source: str) -> str:
-    """``source`` with every solution region replaced by its NotImplementedError stub."""
-    out, begin = [], None
-    for number, line in enumerate(source.splitlines(), start=1):
-        if begin is None:
-            if END.match(line):
-                raise ValueError(f"line {number}: END SOLUTION without BEGIN")
-            begin = BEGIN.match(line)
-            out.append(f"{begin['indent']}raise NotImplementedError({_message(begin['message'])!r})" if begin else line)
-        elif BEGIN.match(line):
-            raise ValueError(f"line {number}: nested BEGIN SOLUTION")
-        elif END.match(line):
-            if END.match(line)["indent"] != begin["indent"]:
-                raise ValueError(f"line {number}: END SOLUTION not indented like its BEGIN")
-            begin = None
-    if begin is not None:
-        raise ValueError("BEGIN SOLUTION without END")
-    return "\n".join(out)
-
-
-def _regions(nb_json):
-    return [BEGIN.match(line) for cell in nb_json.cells if cell.cell_type == "code"
-            for line in cell.source.splitlines() if BEGIN.match(line)]
+# The hand-out is make release's (inf265.release): each region between "### BEGIN SOLUTION[: message]"
+# and "### END SOLUTION" becomes `raise NotImplementedError("<message>")`; the convention itself is
+# tested in tests/test_release.py. These tests check what students of this notebook get.
 
 
 @pytest.fixture(scope="module")
 def handout(tmp_path_factory):
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            cell.source = stub_regions(cell.source)
-            cell.outputs, cell.execution_count = [], None
-    path = tmp_path_factory.mktemp("handout") / NOTEBOOK.name
-    nbformat.write(notebook, path)
-    return path
-
-
-def test_stub_regions_follows_the_convention():
-    source = "def f(x):\n    '''doc'''\n    ### BEGIN SOLUTION: write f\n    y = x\n    return y\n    ### END SOLUTION\n"
-    assert stub_regions(source) == "def f(x):\n    '''doc'''\n    raise NotImplementedError('write f')"
-    for bad in ("### BEGIN SOLUTION\n", "### END SOLUTION\n", "  ### BEGIN SOLUTION\nx\n### END SOLUTION\n"):
-        with pytest.raises(ValueError):
-            stub_regions(bad)
+    return write_handout(NOTEBOOK, tmp_path_factory.mktemp("handout"))
 
 
 def test_every_region_has_a_message_naming_its_section():
-    regions = _regions(nbformat.read(NOTEBOOK, as_version=4))
-    assert len(regions) >= 8
-    for region in regions:
-        assert re.match(r"Section 3\.1, tasks? \d[\w ,]*: \w", _message(region["message"])), region.group(0)
+    found = messages(NOTEBOOK)
+    assert len(found) >= 8
+    for message in found:
+        assert re.match(r"Section 3\.1, tasks? \d[\w ,]*: \w", message), message
 
 
 def test_the_handout_keeps_the_graded_names_and_signatures(nb, handout):
@@ -310,18 +264,5 @@ def test_the_handout_keeps_the_graded_names_and_signatures(nb, handout):
 
 def test_the_handout_stops_at_its_first_stub(handout, shared_data):
     """Run top to bottom, the hand-out reaches its first stub: no NameError or ImportError before."""
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
-    notebook = nbformat.read(handout, as_version=4)
-    client = NotebookClient(notebook, timeout=300, kernel_name="python3",
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
-                            resources={"metadata": {"path": str(ROOT)}})
-    results = ROOT / "results"
-    before = {p.name: p.read_bytes() for p in results.glob("gd_*")}
-    with pytest.raises(CellExecutionError) as err:
-        client.execute()
-    assert err.value.ename == "NotImplementedError", f"stopped by {err.value.ename}: {err.value.evalue}"
-    messages = [_message(r["message"]) for r in _regions(nbformat.read(NOTEBOOK, as_version=4))]
-    assert err.value.evalue in messages[:2], f"stopped at a later stub: {err.value.evalue}"
-    assert {p.name: p.read_bytes() for p in results.glob("gd_*")} == before, "the hand-out wrote results"
+    stop = first_stop(handout, "gd_*")
+    assert stop in messages(NOTEBOOK)[:2], f"stopped at a later stub: {stop}"

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import ast
 
-import nbformat
-
-from inf265.nbdefs import _clean
+from inf265.nbdefs import parsed_cells
 
 AUTOGRAD_ATTRIBUTES = {
     "backward": "calls .backward() (autograd)",
@@ -61,32 +59,13 @@ TAMPER_MODULES = {"ctypes": "loads ctypes (raw memory access)", "cffi": "loads c
 
 
 def _cells(path) -> list[tuple[int, ast.Module]]:
-    nb = nbformat.read(str(path), as_version=4)
-    out, number = [], 0
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        number += 1
-        try:
-            out.append((number, ast.parse(_clean(cell.source))))
-        except SyntaxError:
-            continue
-    return out
+    return [(number, tree) for number, tree in parsed_cells(path) if isinstance(tree, ast.Module)]
 
 
 def syntax_errors(path) -> list[str]:
     """``"code cell N: SyntaxError: ... (line L)"`` for every cell Python cannot parse (they define nothing)."""
-    nb = nbformat.read(str(path), as_version=4)
-    out, number = [], 0
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        number += 1
-        try:
-            ast.parse(_clean(cell.source))
-        except SyntaxError as exc:
-            out.append(f"code cell {number}: {type(exc).__name__}: {exc.msg} (line {exc.lineno})")
-    return out
+    return [f"code cell {number}: {type(exc).__name__}: {exc.msg} (line {exc.lineno})"
+            for number, exc in parsed_cells(path) if isinstance(exc, SyntaxError)]
 
 
 def _finding(cell: int, node: ast.AST, what: str) -> dict:
