@@ -133,12 +133,13 @@ def _bwrap_argv(work: Path, course: Path, data: Path | None, binds: tuple[Path, 
             argv += ["--ro-bind", f"/{link}", f"/{link}"]
     for name in _ETC:
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    for root in _python_roots():
-        argv += ["--ro-bind", root, root]
     # /tmp and the home folder live in memory: sized, so that writing there cannot exhaust it
     argv += ["--size", str(TMP_SIZE), "--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc",
-             "--size", str(TMP_SIZE), "--tmpfs", HOME,
-             "--ro-bind", str(course), COURSE, "--bind", str(work), SUBMISSION]
+             "--size", str(TMP_SIZE), "--tmpfs", HOME]
+    # after the in-memory /tmp, which would hide an interpreter or venv kept below /tmp
+    for root in _python_roots():
+        argv += ["--ro-bind", root, root]
+    argv += ["--ro-bind", str(course), COURSE, "--bind", str(work), SUBMISSION]
     startup = course / "ipython-startup.py"
     if startup.is_file():  # notebook kernels import torch while starting, not in the first cell
         argv += ["--ro-bind", str(startup), f"{HOME}/.ipython/profile_default/startup/00-inf265-preload.py"]
