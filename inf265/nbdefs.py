@@ -21,12 +21,33 @@ from __future__ import annotations
 import ast
 import symtable
 import sys
+import threading
 import types
 from pathlib import Path
 
 import nbformat
 
 _KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+# CPython 3.11 keeps one recursion counter per interpreter for converting between its internal
+# syntax tree and the ``ast`` module's objects (gh-106905): two threads doing it at once can fail
+# with "SystemError: AST constructor recursion depth mismatch". The grader reads notebooks in
+# several threads (submissions and their notebooks in parallel), so every conversion goes through
+# these two functions, one at a time.
+_AST_LOCK = threading.RLock()
+
+
+def parse(source: str) -> ast.Module:
+    """``ast.parse(source)``, safe to call from several threads."""
+    with _AST_LOCK:
+        return ast.parse(source)
+
+
+def compile_statement(node: ast.stmt, filename: str):
+    """The code object of one top-level statement, safe to call from several threads."""
+    with _AST_LOCK:
+        return compile(ast.Module(body=[node], type_ignores=[]), filename, "exec")
 
 
 def _literal_assignment(node: ast.stmt) -> bool:
@@ -60,7 +81,7 @@ def _kept_statements(path: str | Path) -> list[tuple[int, ast.stmt]]:
         if first.replace(" ", "").lower() == "#nbdefs:skip":
             continue
         try:
-            tree = ast.parse(source)
+            tree = parse(source)
         except SyntaxError as exc:  # numbered as Jupyter numbers code cells
             raise SyntaxError(f"{Path(path).name}, code cell {number} (cell index {index}): {exc.msg} "
                               f"(line {exc.lineno})") from None
@@ -95,7 +116,7 @@ def load_definitions(path: str | Path, name: str | None = None) -> types.ModuleT
     sys.modules[module.__name__] = module  # dataclasses/pickling look the module up
     filename = f"<{path.name} definitions>"
     for _, node in _kept_statements(path):
-        code = compile(ast.Module(body=[node], type_ignores=[]), filename, "exec")
+        code = compile_statement(node, filename)
         try:
             exec(code, module.__dict__)
         except Exception as exc:
@@ -115,7 +136,7 @@ def parsed_cells(path: str | Path) -> list[tuple[int, ast.Module | SyntaxError]]
     out = []
     for number, cell in enumerate(cells, start=1):
         try:
-            out.append((number, ast.parse(_clean(cell.source))))
+            out.append((number, parse(_clean(cell.source))))
         except SyntaxError as exc:
             out.append((number, exc))
     return out
@@ -184,7 +205,7 @@ def load_needed(path: str | Path, wanted, skip=(), name: str | None = None,
     filename = f"<{path.name} definitions>"
     for cell, node in needed_statements(path, wanted, skip):
         try:
-            exec(compile(ast.Module(body=[node], type_ignores=[]), filename, "exec"), module.__dict__)
+            exec(compile_statement(node, filename), module.__dict__)
         except Exception as exc:  # noqa: BLE001 - a student's statement may raise anything
             bound = sorted(_scope_names(node)[0])
             if isinstance(exc, ModuleNotFoundError) and isinstance(node, (ast.Import, ast.ImportFrom)):

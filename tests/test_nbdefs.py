@@ -66,3 +66,43 @@ def test_load_needed_runs_only_what_the_wanted_names_need(tmp_path):
     given.loss_fn = "provided"
     mod = load_needed(path, ["train"], skip=["loss_fn"], module=given)
     assert mod.train(9) == 9.0 and not mod.__nbdefs_skipped__
+
+
+class _Cycle:
+    """Garbage in a reference cycle with a finaliser: collecting it runs Python code, which lets
+    another thread in while the ast module is half-way through converting a tree."""
+
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        pass
+
+
+def test_notebooks_are_read_safely_from_several_threads(tmp_path):
+    """The grader reads notebooks in parallel threads; on CPython 3.11 unserialised ast.parse there
+    fails now and then with "SystemError: AST constructor recursion depth mismatch" (gh-106905)."""
+    import threading
+
+    from inf265.nbdefs import parsed_cells
+
+    cell = "\n".join("def f%d(x):\n    return [(a, {b: (c, d)}) for a in x for b in a if (b and (c or d))]" % i
+                     for i in range(300))
+    path = _nb(tmp_path, cell, cell)
+    errors = []
+
+    def read():
+        for _ in range(15):
+            garbage = [_Cycle() for _ in range(100)]
+            del garbage
+            try:
+                parsed_cells(path)
+            except SystemError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, f"{len(errors)} of {4 * 15} reads failed: {errors[0]}"
