@@ -7,7 +7,7 @@ from inf265 import ROOT
 def _pins():
     pins = {}
     for line in (ROOT / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
+        line = line.split("#")[0].split(";")[0].strip()  # environment markers apply elsewhere
         if line:
             name, _, ver = line.partition("==")
             assert ver, f"requirements.txt: {line!r} is not pinned with =="
