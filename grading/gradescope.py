@@ -48,6 +48,8 @@ fi
 python3.11 -m venv /autograder/venv
 /autograder/venv/bin/python -m pip install --upgrade pip
 /autograder/venv/bin/python -m pip install -r requirements.txt
+# the packages students may import (grading/rubric.toml [environment] packages)
+/autograder/venv/bin/python -m pip install $(/autograder/venv/bin/python -m grading.rubric --packages)
 # the data the checks need (the MNIST test split; CIFAR-10 for notebooks that load it), downloaded once
 DATA_DIR=/autograder/source/data /autograder/venv/bin/python -m inf265.data
 """

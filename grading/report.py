@@ -13,6 +13,8 @@ MARK = {"pass": "PASS", "partial": "PARTIAL", "fail": "FAIL", "error": "ERROR", 
         "skipped": "SKIPPED", "not_gradable": "NOT GRADABLE"}
 #: gradebook columns for the two tasks of the course (course-scope checks only)
 TASKS = ("backpropagation", "train_manual_update")
+#: gradebook columns after the checks' points (grading.inbox, grading.policy, grading.deliverables)
+EXTRA_COLUMNS = ("lms_user_id", "late", "late_deduction", "deliverables")
 
 
 def build(student: str, submission: str, graded: dict, rubric: Rubric, sandbox_line: str, limits: dict,
@@ -115,13 +117,22 @@ def read_all(out_root: Path) -> list[dict]:
     return out
 
 
-def gradebook(reports: list[dict]) -> str:
-    """``grades.csv``: one row per student; task verdicts, then the points of every check."""
+def gradebook(reports: list[dict], manual: tuple[str, ...] = ()) -> str:
+    """``grades.csv``: one row per student; task verdicts, then the points of every check, then the
+    inbox's and the policies' columns: the LMS user id, late, the late deduction, the deliverables'
+    points, the ``manual`` criteria's marks and the total (:func:`grading.outputs.total`)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["student", "score", "max_score", *TASKS, *registry.IDS])
+    writer.writerow(["student", "score", "max_score", *TASKS, *registry.IDS, *EXTRA_COLUMNS, *manual, "total"])
     for r in sorted(reports, key=lambda r: r["student"]):
         points = {c["id"]: c["points"] for c in r["checks"]}
+        marks = r.get("manual") or {}
+        deduction = r.get("late_deduction")
         writer.writerow([r["student"], "" if r["score"] is None else f"{r['score']:g}", f"{r['max_score']:g}",
-                         *(r["tasks"][t] for t in TASKS), *(f"{points[i]:g}" if i in points else "" for i in registry.IDS)])
+                         *(r["tasks"][t] for t in TASKS), *(f"{points[i]:g}" if i in points else "" for i in registry.IDS),
+                         r.get("lms_user_id", ""), "yes" if r.get("late") else "no",
+                         "" if deduction is None else f"{deduction:g}",
+                         f"{sum(d['points'] for d in r.get('deliverables', [])):g}",
+                         *("" if marks.get(m) is None else f"{marks[m]:g}" for m in manual),
+                         "" if r.get("total") is None else f"{r['total']:g}"])
     return out.getvalue()
