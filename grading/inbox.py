@@ -71,14 +71,14 @@ def _ignored(path: Path, root: Path) -> bool:
     return any(p in IGNORED_DIRS for p in rel[:-1]) or rel[-1].startswith("._") or rel[-1] == ".DS_Store"
 
 
-def extract(archive: Path, dest: Path, budget: _Budget, notes: list[str], depth: int = 1, nested: bool = True) -> None:
+def extract(archive: Path, dest: Path, budget: _Budget, notes: list[str], depth: int = 1, nested: bool = True) -> bool:
     """Unpack ``archive`` into ``dest`` safely, then (``nested``) the zips it held, up to the depth bound."""
     label = archive.name
     try:
         z = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError) as exc:
         notes.append(f"{label}: not a readable zip ({exc}); left as it is")
-        return
+        return False
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     with z:
@@ -128,8 +128,9 @@ def extract(archive: Path, dest: Path, budget: _Budget, notes: list[str], depth:
         if depth >= budget.limits.depth:
             notes.append(f"{inner.name}: zips nested more than {budget.limits.depth} deep are not unpacked")
             continue
-        extract(inner, inner.with_suffix(""), budget, notes, depth + 1)
-        inner.unlink()
+        if extract(inner, inner.with_suffix(""), budget, notes, depth + 1):
+            inner.unlink()
+    return True
 
 
 def _copy(src: Path, dest: Path) -> None:
@@ -222,7 +223,7 @@ def is_canvas(folder: Path) -> bool:
     return bool(files) and sum(bool(CANVAS.match(p.name)) for p in files) * 2 >= len(files)
 
 
-def _canvas(folder: Path, stage: Path, source: str, budget: _Budget) -> list[Submission]:
+def _canvas(folder: Path, stage: Path, source: str, budget: _Budget, depth: int = 0) -> list[Submission]:
     out = []
     for uid, entries in _canvas_files(folder).items():
         name = entries[0][0]["name"]
@@ -249,7 +250,7 @@ def _canvas(folder: Path, stage: Path, source: str, budget: _Budget) -> list[Sub
             if m["late"]:
                 sub.late = True
             if orig.lower().endswith(".zip"):
-                extract(path, raw / orig[:-4], budget, sub.notes)
+                extract(path, raw / orig[:-4], budget, sub.notes, depth + 1)
             else:
                 shutil.copyfile(path, raw / orig)
         settle(raw, sub.folder, sub)
@@ -271,44 +272,60 @@ def _units(folder: Path) -> list[Path]:
     return units
 
 
-def _one(path: Path, stage: Path, source: str, budget: _Budget, name: str | None = None) -> Submission:
+def _one(path: Path, stage: Path, source: str, budget: _Budget, name: str | None = None, depth: int = 0) -> Submission:
     """One student's work (a folder or a zip) staged."""
     name = name or (path.stem if path.is_file() else path.name)
     sub = Submission(name=name, folder=_fresh(stage / name), source=source)
     raw = _fresh(stage / ".raw" / name)
     if path.is_file():
-        extract(path, raw, budget, sub.notes)
+        extract(path, raw, budget, sub.notes, depth + 1)
     else:
         _copy(path, raw)
         for inner in sorted(p for p in raw.rglob("*") if p.is_file() and p.suffix.lower() == ".zip"):
-            extract(inner, inner.with_suffix(""), budget, sub.notes)
-            inner.unlink()
+            if depth >= budget.limits.depth:
+                sub.notes.append(f"{inner.name}: zips nested more than {budget.limits.depth} deep are not unpacked")
+            elif extract(inner, inner.with_suffix(""), budget, sub.notes, depth + 1):
+                inner.unlink()
     settle(raw, sub.folder, sub)
     return sub
 
 
-def _walk(folder: Path, stage: Path, source: str, budget: _Budget, name: str | None) -> list[Submission]:
+def _is_group(folder: Path) -> bool:
+    """A folder of several students' work (no notebook of its own, two or more entries with work)."""
+    return not any(p.is_file() and part_of(p.name) for p in folder.iterdir()) and len(_units(folder)) >= 2
+
+
+def _walk(folder: Path, stage: Path, source: str, budget: _Budget, name: str | None,
+          group: bool = False, depth: int = 0) -> list[Submission]:
+    """The submissions in ``folder`` (``depth``: how many zips deep it was unpacked)."""
     if is_canvas(folder):
-        return _canvas(folder, stage, source, budget)
-    direct = [p for p in folder.iterdir() if p.is_file() and part_of(p.name)]
-    units = _units(folder)
-    if direct or len(units) < 2:
+        return _canvas(folder, stage, source, budget, depth)
+    if not group and not _is_group(folder):
         if all((folder / nb).is_file() for nb in NOTEBOOKS.values()) or not any(folder.iterdir()):
             # already what the grader reads (or empty): graded in place
             return [Submission(name=name or folder.name, folder=folder, source=source, files=files_of(folder))]
-        return [_one(folder, stage, source, budget, name)]
+        return [_one(folder, stage, source, budget, name, depth)]
+    units = _units(folder)
+    # the students of a class sit at the same depth: when some entries are groups (sections), the
+    # others with a single student's work inside are groups of one
+    groups = {u for u in units if u.is_dir() and _is_group(u)}
+    if groups:
+        groups |= {u for u in units if u.is_dir() and not any(p.is_file() and part_of(p.name) for p in u.iterdir())}
+    else:  # every entry is a student: those without any notebook are reported with their files
+        units += [p for p in sorted(folder.iterdir()) if p.is_dir() and p not in units and not p.name.startswith(".")
+                  and p.name not in IGNORED_DIRS and any(p.iterdir())]
     out = []
-    for unit in units:  # a class: each entry is a student, or a group of students
+    for unit in sorted(units):
         label = unit.stem if unit.is_file() else unit.name
         if unit.is_file():
             unpacked = _fresh(stage / ".zips" / label)
-            extract(unit, unpacked, budget, notes := [], nested=False)
-            subs = _walk(unpacked, stage, f"{source}/{unit.name}", budget, label)
+            extract(unit, unpacked, budget, notes := [], depth + 1, nested=False)
+            subs = _walk(unpacked, stage, f"{source}/{unit.name}", budget, label, depth=depth + 1)
             for s in subs:
                 s.notes[:0] = notes
             out += subs
         else:
-            out += _walk(unit, stage, f"{source}/{unit.name}", budget, None)
+            out += _walk(unit, stage, f"{source}/{unit.name}", budget, None, group=unit in groups, depth=depth)
     return out
 
 
@@ -324,7 +341,7 @@ def collect(paths: list[Path], stage: Path, limits: Limits | None = None) -> lis
             notes: list[str] = []
             unpacked = _fresh(stage / ".zips" / path.stem)
             extract(path, unpacked, budget, notes, nested=False)  # a class's zip: each student's zips stay theirs
-            subs = _walk(unpacked, stage, str(path), budget, path.stem)
+            subs = _walk(unpacked, stage, str(path), budget, path.stem, depth=1)
             for s in subs:
                 s.notes[:0] = notes
             out += subs
