@@ -165,3 +165,19 @@ def apply(report: dict, folder: Path, root: Path, files: list[str], out_dir: Pat
         out.append({"id": did, "title": TITLES[did], "status": status, "message": message,
                     "max_points": float(points.get(did, 0)), "points": float(points.get(did, 0)) if ok else 0.0})
     report["deliverables"] = out
+
+
+def markdown(report: dict) -> list[str]:
+    """The report's "Hand-in" section: where the files came from, lateness, the deliverables."""
+    lines = []
+    if report.get("lms_user_id"):
+        lines.append(f"- LMS user id {report['lms_user_id']} ({report.get('lms_name', '')})")
+    if report.get("late") or report.get("submitted_at"):
+        when = f"submitted {report['submitted_at']}" if report.get("submitted_at") else "marked LATE by the LMS"
+        deduction = report.get("late_deduction")
+        lines.append(f"- {when}: " + ("late-policy deduction not applied (no submission time given)"
+                                      if deduction is None else f"late-policy deduction {deduction:g} point(s)"))
+    lines += [f"- {note}" for note in report.get("inbox_notes", [])]
+    lines += [f"- {d['title']}: **{d['status']}** ({d['points']:g} / {d['max_points']:g}): {d['message']}"
+              for d in report.get("deliverables", [])]
+    return ["", "## Hand-in", "", *[line.replace("\n", " ") for line in lines]] if lines else []

@@ -336,7 +336,8 @@ def run_notebook(folder: Path, name: str, ctx: Context, out_dir: Path) -> dict:
     with sandbox.Workspace(folder, ctx.course, ctx.data, ctx.provided,
                            ctx.isolated) as ws:
         limits = sandbox.Limits(memory=ctx.limits.memory, processes=ctx.limits.processes,
-                                cpu_seconds=10 ** 6, wall_seconds=10 ** 6)  # per-cell time limits apply instead
+                                cpu_seconds=10 ** 6,  # per-cell time limits, and one for the whole notebook
+                                wall_seconds=ctx.rubric.notebook_timeout)
         rec = notebooks.execute(ws, name, ctx.cell_timeout, limits, out_dir / "executed" / name)
     rec["details"] = {k: rec.pop(k) for k in list(rec) if k not in ("status", "message", "seconds")}
     rec["details"]["executed_notebook"] = f"executed/{name}"

@@ -28,7 +28,7 @@ from inf265 import ROOT
 from inf265.results import atomic_write_bytes
 
 from . import rubric as rubric_mod
-from . import sandbox
+from . import inbox, sandbox
 from .cli import DEFAULT_HARNESS, NO_SANDBOX, Setup
 
 #: what goes into /autograder/source, relative to the project root (folders recursively, *.py, *.toml)
@@ -131,7 +131,9 @@ def grade(submission: Path, results_path: Path) -> int:
         isolated = False
     with tempfile.TemporaryDirectory(prefix="inf265-gradescope-") as out, \
             Setup(rubric, DEFAULT_HARNESS.resolve(), isolated=isolated) as setup:
-        report = setup.grade(submission, Path(out) / "report")
+        # a zipped project folder, notebooks one level down or renamed: found as make grade finds them
+        sub = inbox.single(submission, Path(out) / "stage")
+        report = setup.grade_submission(sub, Path(out) / "report")
     data = results(report)
     if not isolated:
         data["output"] = f"{NO_SANDBOX}\n" + data["output"]

@@ -351,6 +351,13 @@ def collect(paths: list[Path], stage: Path, limits: Limits | None = None) -> lis
     return out
 
 
+def single(path: Path, stage: Path, name: str = "submission") -> Submission:
+    """``path`` as one student's hand-in whatever its layout (Gradescope's /autograder/submission)."""
+    if not path.is_dir() or all((path / nb).is_file() for nb in NOTEBOOKS.values()) or not any(path.iterdir()):
+        return Submission(name=name, folder=path, source=str(path), files=files_of(path) if path.is_dir() else [])
+    return _one(path, stage, str(path), _Budget(Limits()), name)
+
+
 def _unique(subs: list[Submission]) -> None:
     """Two students of the same folder name (two sections): the later ones get -2, -3..."""
     seen: dict[str, int] = {}

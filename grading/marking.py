@@ -7,7 +7,8 @@ a column per criterion (marks already given are kept), a comment. Given back fil
 
     python -m grading.marking OUT FILLED_SHEET.csv
 
-checks every mark (a number between 0 and the criterion's points), keeps the sheet as
+(without the sheet: the class's files rebuilt from the reports in OUT, e.g. after copying in the
+reports graded on other machines) checks every mark (a number between 0 and the criterion's points), keeps the sheet as
 ``OUT/marks.csv`` and rewrites the gradebook, the LMS file and the summary page from the reports
 already there: nothing is re-run, and a mark can be changed as often as needed.
 """
@@ -92,24 +93,28 @@ def sheet(reports: list[dict], rubric, marks: dict[str, dict]) -> str:
 
 
 def main(argv=None) -> int:
+    """``python -m grading.marking OUT [FILLED_SHEET.csv [RUBRIC]]``: merge a filled sheet (or, without
+    one, rebuild the class's files from the reports in OUT)."""
     from . import outputs
 
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) not in (2, 3):
-        print("usage: python -m grading.marking OUT FILLED_SHEET.csv [RUBRIC]", file=sys.stderr)
+    if len(argv) not in (1, 2, 3):
+        print("usage: python -m grading.marking OUT [FILLED_SHEET.csv [RUBRIC]]", file=sys.stderr)
         return 2
-    out_root, filled = Path(argv[0]).resolve(), Path(argv[1])
+    out_root = Path(argv[0]).resolve()
+    filled = Path(argv[1]) if len(argv) > 1 else None
     try:
         rubric = rubric_mod.load(argv[2] if len(argv) > 2 else None)
-        read(filled, rubric)
+        if filled is not None:
+            read(filled, rubric)
     except (MarksError, rubric_mod.RubricError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not (out_root / "grades.csv").is_file():
-        print(f"error: {out_root} holds no graded class (no grades.csv): give the grader's --out folder",
+    if not any(out_root.glob("*/report.json")):
+        print(f"error: {out_root} holds no grading report (OUT/<student>/report.json): give the grader's --out folder",
               file=sys.stderr)
         return 2
-    if filled.resolve() != (out_root / MARKS).resolve():
+    if filled is not None and filled.resolve() != (out_root / MARKS).resolve():
         shutil.copyfile(filled, out_root / MARKS)
     for line in outputs.finish(out_root, rubric):
         print(line)

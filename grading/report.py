@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from . import registry
+from . import deliverables, registry
 from .rubric import Rubric
 
 MARK = {"pass": "PASS", "partial": "PARTIAL", "fail": "FAIL", "error": "ERROR", "timeout": "TIMEOUT",
@@ -63,19 +63,22 @@ def _cell(text) -> str:
 def markdown(report: dict) -> str:
     lines = [f"# {report['title']}", "", f"Student: **{report['student']}**  "]
     if report.get("not_gradable"):
-        return "\n".join(lines + [f"**Not gradable**: {report['not_gradable']}", f"Sandbox: {report['sandbox']}", ""])
+        return "\n".join(lines + [f"**Not gradable**: {report['not_gradable']}", f"Sandbox: {report['sandbox']}",
+                                   *deliverables.markdown(report), ""])
     lines += [f"Score: **{report['score']:g} / {report['max_score']:g}**  ",
               "Tasks: " + ", ".join(f"{t} **{s}**" for t, s in report["tasks"].items()), "",
               f"Sandbox: {report['sandbox']}.  ",
               f"Limits: {report['limits']['check_cpu']:g} s of CPU per check, {report['limits']['cell_timeout']:g} s "
               f"per notebook cell, {report['limits']['resources']}.  ",
               f"Checks of the student's functions (without re-running the notebooks) took "
-              f"**{report['checks_seconds']:.1f} s**; the whole grading {report['seconds']:.1f} s.", "",
+              f"**{report['checks_seconds']:.1f} s**; the whole grading {report['seconds']:.1f} s." + notebook_times(report),
+              "",
               "| Check | Result | Points | Diagnostic |", "|---|---|---|---|"]
     for c in report["checks"]:
         scope = " (beyond the course)" if c["scope"] == "beyond" else ""
         lines.append(f"| {_cell(c['title'])}{scope} (`{c['id']}`) | {MARK.get(c['status'], c['status'])} | "
                      f"{c['points']:g} / {c['max_points']:g} | {_cell(c['message'])} |")
+    lines += deliverables.markdown(report)
     found = {nb: f for nb, f in report.get("integrity", {}).items() if f}
     if found:
         lines += ["", "## Integrity", ""]
@@ -96,6 +99,14 @@ def markdown(report: dict) -> str:
             if d.get("executed_notebook"):
                 lines += [f"Executed notebook: `{d['executed_notebook']}`", ""]
     return "\n".join(lines) + "\n"
+
+
+def notebook_times(report: dict) -> str:
+    """How long each re-executed notebook ran (from the report's step times)."""
+    steps = report.get("step_seconds") or {}
+    times = [f"{cid.removeprefix('notebook_')}.ipynb {steps[cid]:.1f} s" for cid in sorted(steps)
+             if cid.startswith("notebook_") and isinstance(steps[cid], (int, float))]
+    return f"  \nNotebooks re-executed in: {', '.join(times)}." if times else ""
 
 
 def write(report: dict, out_dir: Path) -> None:
