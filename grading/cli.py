@@ -1,13 +1,17 @@
-"""Grade student submissions: ``python -m grading SUBMISSION_DIR [SUBMISSION_DIR ...]`` (``make grade``).
+"""Grade student submissions: ``python -m grading SUBMISSION [SUBMISSION ...]`` (``make grade``).
 
-For each folder holding ``backpropagation.ipynb`` and ``gradient_descent.ipynb``:
+The submissions are found by :mod:`grading.inbox` (Canvas's bulk zip or folder, class folders,
+students' zips). For each student's ``backpropagation.ipynb`` and ``gradient_descent.ipynb``:
 
 1. a sandboxed runner loads what the graded functions need from the notebooks and answers the
    grader's requests (gradients, trained parameters); the grader compares them with its own
    references (autograd, finite differences, ``torch.optim.SGD``) and decides;
 2. each notebook is re-executed top to bottom in a sandboxed kernel, a time limit per cell;
-3. ``<out>/<student>/report.md`` and ``report.json`` (each check, its verdict, diagnostic and
-   points) and the executed notebooks are written, and ``<out>/grades.csv`` for all of them.
+3. the hand-in is checked against the project text's rules (:mod:`grading.deliverables`,
+   :mod:`grading.policy`);
+4. ``<out>/<student>/report.md`` and ``report.json`` (each check, its verdict, diagnostic and
+   points) and the executed notebooks are written, and the class's files for all of them
+   (:mod:`grading.outputs`: ``grades.csv``, ``canvas_grades.csv``, ``marking_sheet.csv``, ``index.html``).
 
 Exit status: 0 when every submission was graded; 1 when some folder or check was not gradable
 here (listed in the reports); 2 on a usage error or when the sandbox cannot start.

@@ -7,10 +7,11 @@ a column per criterion (marks already given are kept), a comment. Given back fil
 
     python -m grading.marking OUT FILLED_SHEET.csv
 
-(without the sheet: the class's files rebuilt from the reports in OUT, e.g. after copying in the
-reports graded on other machines) checks every mark (a number between 0 and the criterion's points), keeps the sheet as
+checks every mark (a number between 0 and the criterion's points), keeps the sheet as
 ``OUT/marks.csv`` and rewrites the gradebook, the LMS file and the summary page from the reports
-already there: nothing is re-run, and a mark can be changed as often as needed.
+already there: nothing is re-run, and a mark can be changed as often as needed. Without a sheet,
+``python -m grading.marking OUT`` only rebuilds the class's files (e.g. after copying in reports
+graded on other machines).
 """
 from __future__ import annotations
 

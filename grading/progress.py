@@ -29,6 +29,6 @@ class Bar:
             lines = [f"[{self.count}/{self.total}] {lines[0]}", *lines[1:]] if lines else lines
             print("\n".join(lines), file=self.stream, flush=True)
             return
-        for line in lines:
-            self.bar.write(line, file=self.stream)
+        if lines:
+            self.bar.write("\n".join(lines), file=self.stream)
         self.bar.update(1)

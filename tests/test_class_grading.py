@@ -274,3 +274,25 @@ def test_a_missing_package_names_the_rubric_setting():
     listed = subprocess.run([sys.executable, "-m", "grading.rubric", "--packages"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout.split()
     assert {"numpy", "pandas", "scikit-learn", "seaborn", "tqdm"} <= set(listed)
+
+
+def test_progress_bar_on_a_terminal_and_plain_lines_elsewhere():
+    import io
+
+    from grading import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Terminal()
+    with progress.Bar(2, stream=tty) as bar:
+        bar.done(["alice: 28 / 28", "  report: alice/report.md"])
+        bar.done(["bob: NOT GRADABLE: empty"])
+    text = tty.getvalue()
+    assert "alice: 28 / 28\n  report: alice/report.md\n" in text and "bob: NOT GRADABLE" in text
+    assert re.search(r"2/2 \[\d\d:\d\d<\d\d:\d\d\]", text), text  # elapsed < time left
+    log = io.StringIO()
+    with progress.Bar(2, stream=log) as bar:
+        bar.done(["alice: 28 / 28"])
+    assert log.getvalue() == "[1/2] alice: 28 / 28\n"

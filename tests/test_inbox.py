@@ -155,3 +155,16 @@ def test_unreadable_notebooks_say_where(tmp_path):
     cut.write_text(json.dumps({"cells": [{"cell_type": "code"}], "nbformat": 4, "nbformat_minor": 5}))
     assert "valid JSON, but not nbformat" in inbox.unreadable(cut)
     assert "over the limit of 0.001 MiB" in inbox.unreadable(good, max_mib=0.001)
+
+
+def test_gradescope_hand_in_of_a_zipped_project_is_one_submission(tmp_path):
+    upload = tmp_path / "submission"
+    upload.mkdir()
+    _zip(upload / "project.zip", {f"p1/{BP}": (FIXTURES / "skeleton_conventions" / BP).read_bytes(),
+                                  f"p1/{GD}": (FIXTURES / "skeleton_conventions" / GD).read_bytes()})
+    _zip(upload / "old.zip", {"notes.txt": "x"})  # two zips: still one student's hand-in
+    sub = inbox.single(upload, tmp_path / "stage")
+    assert sub.name == "submission" and not sub.problem
+    assert (sub.folder / BP).read_bytes() == (FIXTURES / "skeleton_conventions" / BP).read_bytes()
+    assert inbox.single(FIXTURES / "skeleton_conventions", tmp_path / "stage").folder == \
+        FIXTURES / "skeleton_conventions"
