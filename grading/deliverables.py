@@ -156,8 +156,37 @@ def check(folder: Path, root: Path, files: list[str], out_dir: Path) -> dict[str
             "readme": readme(files), "reproducible": reproducible(folder, out_dir)}
 
 
+NAMES = re.compile(r"^[\s*#>_-]*(?:names?|authors?|students?|group(?: members)?|written by|by)[\s*_]*[:\-][\s*_]*"
+                   r"(?P<names>.+)$", re.I | re.M)
+
+
+def pair_names(folder: Path, root: Path, files: list[str]) -> list[str]:
+    """The pair's names as they wrote them: an "Authors: A and B" line in the notebooks' markdown,
+    else on the PDF report's first page; [] when neither says."""
+    texts = []
+    for name in inbox.NOTEBOOKS.values():
+        path = folder / name
+        if path.is_file() and not inbox.unreadable(path):
+            nb = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+            texts += ["".join(c["source"]) if isinstance(c.get("source"), list) else str(c.get("source", ""))
+                      for c in nb.get("cells", [])[:5] if c.get("cell_type") == "markdown"]
+    for rel in [f for f in files if f.lower().endswith(".pdf")][:2]:
+        text = _pdf_text(root / rel)
+        texts.append((text or "")[:2000])
+    for text in texts:
+        found = NAMES.search(text)
+        if found:
+            parts = re.split(r"\s*(?:,|;|&|\band\b|\bog\b)\s*", found["names"].strip(" *_."))
+            names = [p.strip(" *_.") for p in parts if 1 < len(p.strip(" *_.")) <= 60]
+            if names:
+                return names[:4]
+    return []
+
+
 def apply(report: dict, folder: Path, root: Path, files: list[str], out_dir: Path, rubric) -> None:
-    """``report["deliverables"]``: one record per deliverable, with its points and a flag when missed."""
+    """``report["deliverables"]``: one record per deliverable, with its points and a flag when missed;
+    ``report["names"]``: the pair's names when the hand-in gives them."""
+    report["names"] = pair_names(folder, root, files)
     points = rubric.extras.get("deliverables") or {}
     out = []
     for did, (ok, message) in check(folder, root, files, out_dir).items():
@@ -169,7 +198,7 @@ def apply(report: dict, folder: Path, root: Path, files: list[str], out_dir: Pat
 
 def markdown(report: dict) -> list[str]:
     """The report's "Hand-in" section: where the files came from, lateness, the deliverables."""
-    lines = []
+    lines = [f"- Names (from the hand-in): {', '.join(report['names'])}"] if report.get("names") else []
     if report.get("lms_user_id"):
         lines.append(f"- LMS user id {report['lms_user_id']} ({report.get('lms_name', '')})")
     if report.get("late") or report.get("submitted_at"):

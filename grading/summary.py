@@ -126,7 +126,9 @@ def page(reports: list[dict], pairs: list[dict], rubric, crits: list, maximum: f
              + ("".join(_pair(p) for p in pairs) if pairs else "<p>No pair over the threshold.</p>") + "</section>",
              '<section id="students"><h2>Students</h2>'
              + _table(["student", "total", "checks", "late", *(escape(c.title) for c in crits), "report"],
-                      [[escape(r["student"]), "" if r.get("total") is None else f"{r['total']:g}",
+                      [[escape(r["student"]) + (f"<br><small>{escape(', '.join(r['names']))}</small>"
+                                                if r.get("names") else ""),
+                        "" if r.get("total") is None else f"{r['total']:g}",
                         "" if r.get("score") is None else f"{r['score']:g} / {r['max_score']:g}",
                         "" if not r.get("late_deduction") else f"-{r['late_deduction']:g}",
                         *("" if (r.get("manual") or {}).get(c.id) is None else f"{r['manual'][c.id]:g}"

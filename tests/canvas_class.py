@@ -54,7 +54,7 @@ def build(folder: Path) -> Path:
     with zipfile.ZipFile(project, "w") as z:
         z.writestr(f"INF265-P1/{bp}", read("backprop_as_method", bp))
         z.writestr(f"INF265-P1/{gd}", read("backprop_as_method", gd))
-        z.writestr("INF265-P1/report.pdf", pdf("Answers to the questions (a) to (g)\nOur model selection..."))
+        z.writestr("INF265-P1/report.pdf", pdf("Authors: Kari Berg and Ola Lie\nAnswers to the questions (a) to (g)"))
     files["berglie_1003_5003_project.zip"] = project.read_bytes()
     project.unlink()
     out = folder / "submissions.zip"

@@ -102,6 +102,7 @@ def test_deliverables_are_flagged(graded):
     assert han["executed"]["status"] == "flagged" and "0 of" in han["executed"]["message"]  # handed in without outputs
     assert han["pdf_report"]["status"] == "flagged" and han["pdf_report"]["message"] == "no PDF report handed in"
     assert ber["pdf_report"]["status"] == "pass"
+    assert graded["reports"]["berglie_1003"]["names"] == ["Kari Berg", "Ola Lie"]  # from the report's first page
     assert ols["readme"]["status"] == "pass" and "helpers.py" in ols["readme"]["message"]
     assert han["reproducible"]["status"] == "skipped"  # --no-notebooks
     assert all(d["points"] == 0 for d in han.values())  # default: flagged only
