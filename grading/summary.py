@@ -81,8 +81,8 @@ def page(reports: list[dict], pairs: list[dict], rubric, crits: list, maximum: f
     scores = [r["total"] for r in graded if r.get("total") is not None]
     rates = []
     for spec in registry.CHECKS:
-        ran = [c for r in graded for c in r["checks"] if c["id"] == spec.id]
-        if ran:
+        ran = [c for r in graded for c in r["checks"] if c["id"] == spec.id and c["status"] != "skipped"]
+        if ran:  # (a check skipped for everyone, e.g. the notebooks with --no-notebooks, is left out)
             rates.append((spec.id, sum(c["status"] == "pass" for c in ran) / len(ran)))
     histogram, passing = _figures(scores, maximum, rates) if graded else ("", "")
     diag = Counter()
@@ -91,8 +91,12 @@ def page(reports: list[dict], pairs: list[dict], rubric, crits: list, maximum: f
             if c["status"] not in ("pass", "skipped"):
                 diag[(c["id"], c["status"], diagnosis(c["message"]))] += 1
     unreadable = [(r["student"], r["not_gradable"]) for r in reports if r.get("not_gradable")]
-    unreadable += [(r["student"], f"{c['id']}: {c['message'].splitlines()[0] if c['message'] else ''}")
-                   for r in graded for c in r["checks"] if c["status"] == "not_gradable"]
+    for r in graded:  # one line per student and reason, with the checks it cost
+        reasons: dict[str, list[str]] = {}
+        for c in r["checks"]:
+            if c["status"] == "not_gradable":
+                reasons.setdefault(c["message"].splitlines()[0] if c["message"] else "", []).append(c["id"])
+        unreadable += [(r["student"], f"{why} (checks: {', '.join(ids)})") for why, ids in reasons.items()]
     mean = sum(scores) / len(scores) if scores else 0
     parts = [f"<h1>{escape(rubric.title)}: summary of {len(reports)} submission(s)</h1>",
              '<section id="overview"><h2>Overview</h2>'
