@@ -25,6 +25,7 @@ import shutil
 import stat
 import zipfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 #: the notebooks of a submission, by part
@@ -380,12 +381,19 @@ def _fresh(path: Path) -> Path:
 
 def unreadable(path: Path, max_mib: float = 50) -> str | None:
     """Why a handed-in notebook cannot be read (not JSON, not nbformat, too large), or None."""
+    st = path.stat()
+    return _unreadable(path, max_mib, st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _unreadable(path: Path, max_mib: float, _size: int, _mtime: int) -> str | None:
+    """(read once per version of the file: the grader asks at every step)"""
     import json
     import warnings
 
     import nbformat
 
-    size = path.stat().st_size
+    size = _size
     if size > max_mib * 1024 ** 2:
         return (f"{path.name} is {size / 1024 ** 2:.0f} MiB, over the limit of {max_mib:g} MiB for a notebook "
                 f"(rubric: [limits] notebook_mib)")

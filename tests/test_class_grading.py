@@ -297,3 +297,21 @@ def test_progress_bar_on_a_terminal_and_plain_lines_elsewhere():
     with progress.Bar(2, stream=log) as bar:
         bar.done(["alice: 28 / 28"])
     assert log.getvalue() == "[1/2] alice: 28 / 28\n"
+
+
+def test_gradescope_setup_installs_the_rubrics_packages():
+    from grading import gradescope
+
+    assert "-m pip install -r requirements.txt" in gradescope.SETUP_SH
+    assert "-m pip install $(/autograder/venv/bin/python -m grading.rubric --packages)" in gradescope.SETUP_SH
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[environment]\npackages = 'numpy'\n", "environment.packages must be a list of package names"),
+    ("[limits]\nnotebook_timeout = 0\n", "limits.notebook_timeout must be at least 1"),
+])
+def test_bad_new_rubric_settings_are_rejected(tmp_path, text, message):
+    path = tmp_path / "rubric.toml"
+    path.write_text(text)
+    with pytest.raises(rubric_mod.RubricError, match=re.escape(message)):
+        rubric_mod.load(path)
