@@ -339,6 +339,8 @@ def run_notebook(folder: Path, name: str, ctx: Context, out_dir: Path) -> dict:
                                 cpu_seconds=10 ** 6,  # per-cell time limits, and one for the whole notebook
                                 wall_seconds=ctx.rubric.notebook_timeout)
         rec = notebooks.execute(ws, name, ctx.cell_timeout, limits, out_dir / "executed" / name)
+    if "(not installed here)" in rec.get("message", ""):
+        rec["message"] += f"; {PACKAGES_HINT}"
     rec["details"] = {k: rec.pop(k) for k in list(rec) if k not in ("status", "message", "seconds")}
     rec["details"]["executed_notebook"] = f"executed/{name}"
     return rec
