@@ -31,7 +31,7 @@ NOTEBOOKS  := backpropagation.ipynb gradient_descent.ipynb toy_problems.ipynb
 PYTEST_ARGS ?=
 GRADE_ARGS ?=
 
-.PHONY: run test unit nbval bench report grade gradescope data venv clean-venv
+.PHONY: run test unit nbval bench report grade grade-setup gradescope data venv clean-venv
 
 venv:
 	@tools/ensure-venv.sh $(VENV)
@@ -68,10 +68,19 @@ report: venv
 
 # Grade students' folders: SUBMISSIONS="dir1 dir2 ..." or a glob (SUBMISSIONS='submissions/*');
 # SUBMISSION=dir for one. Reports and grades.csv go to grading-out/ (GRADE_ARGS="--out DIR ...").
+# SUBMISSIONS may also be Canvas's "Download Submissions" zip, a class folder or students' zips.
+# grade-setup installs the packages students may import (rubric's [environment] packages) once.
 SUBMISSIONS ?= $(SUBMISSION)
-grade: venv
-	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=\"dir1 dir2 ...\" (or SUBMISSIONS='submissions/*')" >&2; exit 2; }
-	@$(PY) -m grading $(SUBMISSIONS) $(GRADE_ARGS)
+RUBRIC ?= grading/rubric.toml
+grade: grade-setup
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=\"dir1 dir2 ...\" (or SUBMISSIONS='submissions/*', or SUBMISSIONS=submissions.zip)" >&2; exit 2; }
+	@$(PY) -m grading $(SUBMISSIONS) --rubric $(RUBRIC) $(GRADE_ARGS)
+
+grade-setup: venv
+	@pkgs="$$($(PY) -m grading.rubric --packages $(RUBRIC))" && \
+	if [ "$$pkgs" != "$$(cat $(VENV)/.grade-packages 2>/dev/null)" ]; then \
+	  echo "installing the students' packages (rubric [environment]): $$(echo $$pkgs)"; \
+	  $(PY) -m pip install --quiet --disable-pip-version-check $$pkgs && echo "$$pkgs" > $(VENV)/.grade-packages; fi
 
 # Gradescope's autograder package (setup.sh, run_autograder, the grader and the harness)
 gradescope: venv

@@ -9,11 +9,20 @@ before timing (as in a batch, where every submission after the first reuses them
 
 Also the sandbox's own cost: the same torch import in bubblewrap against a plain subprocess.
 Prints ``NAME (...): A s vs B s, ratio R`` (best of ``--runs`` each, interleaved).
+
+Then the throughput of ``python -m grading`` on a class (``--class-size`` copies of the
+fixture, as separate students): wall time per student with the checks alone and with both
+notebooks re-executed, at ``--jobs 1`` and ``--jobs N`` (N = this machine's cores), and what it
+makes of a class of 200 on 8 cores (assuming the per-student time scales with cores/jobs).
+``--no-notebooks`` leaves out the runs with notebooks (minutes on a small machine).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -52,9 +61,38 @@ def checks(ctx: grade.Context) -> float:
     return seconds
 
 
+def per_student(size: int, jobs: int, notebooks: bool) -> float:
+    """Wall seconds per student of ``python -m grading`` on a class of ``size`` copies of the fixture."""
+    with tempfile.TemporaryDirectory(prefix="inf265-bench-class-") as tmp:
+        klass = Path(tmp) / "class"
+        for i in range(size):
+            shutil.copytree(SUBMISSION, klass / f"student{i:03d}")
+        args = [sys.executable, "-m", "grading", str(klass), "--out", str(Path(tmp) / "out"), "--jobs", str(jobs)]
+        start = time.monotonic()
+        run = subprocess.run(args + ([] if notebooks else ["--no-notebooks"]), cwd=ROOT, capture_output=True,
+                             text=True)
+        took = time.monotonic() - start
+    if run.returncode != 0:
+        raise RuntimeError(f"grading the class failed ({run.returncode}): {run.stderr[-2000:]}")
+    return took / size
+
+
+def throughput(size: int, notebooks: bool) -> None:
+    cores = os.cpu_count() or 1
+    for label, with_nb in (("checks alone", False), ("checks and both notebooks", True)):
+        if with_nb and not notebooks:
+            continue
+        one, many = per_student(size, 1, with_nb), per_student(size, cores, with_nb)
+        hour = 200 * many * cores / 8 / 60
+        print(f"grading per student ({label}, class of {size}): --jobs 1 {one:.1f} s vs --jobs {cores} {many:.1f} s, "
+              f"ratio {one / many:.2f}; a class of 200 on 8 cores: about {hour:.0f} min")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs of each (the best is kept)")
+    parser.add_argument("--class-size", type=int, default=4, help="students in the throughput runs (0: none)")
+    parser.add_argument("--no-notebooks", action="store_true", help="throughput of the checks alone")
     args = parser.parse_args(argv)
     rubric = rubric_mod.load(None)
     with Setup(rubric, ROOT / "tests_backpropagation.py", notebooks=False) as setup:
@@ -70,6 +108,8 @@ def main(argv=None) -> int:
           f"{c:.2f} s vs {s:.2f} s, ratio {c / s:.1f}")
     print(f"sandbox cost (torch import in bubblewrap vs a plain subprocess): {s:.2f} s vs {p:.2f} s, "
           f"ratio {s / p:.2f}")
+    if args.class_size > 0:
+        throughput(args.class_size, not args.no_notebooks)
     return 0
 
 

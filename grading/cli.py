@@ -1,13 +1,17 @@
-"""Grade student submissions: ``python -m grading SUBMISSION_DIR [SUBMISSION_DIR ...]`` (``make grade``).
+"""Grade student submissions: ``python -m grading SUBMISSION [SUBMISSION ...]`` (``make grade``).
 
-For each folder holding ``backpropagation.ipynb`` and ``gradient_descent.ipynb``:
+The submissions are found by :mod:`grading.inbox` (Canvas's bulk zip or folder, class folders,
+students' zips). For each student's ``backpropagation.ipynb`` and ``gradient_descent.ipynb``:
 
 1. a sandboxed runner loads what the graded functions need from the notebooks and answers the
    grader's requests (gradients, trained parameters); the grader compares them with its own
    references (autograd, finite differences, ``torch.optim.SGD``) and decides;
 2. each notebook is re-executed top to bottom in a sandboxed kernel, a time limit per cell;
-3. ``<out>/<student>/report.md`` and ``report.json`` (each check, its verdict, diagnostic and
-   points) and the executed notebooks are written, and ``<out>/grades.csv`` for all of them.
+3. the hand-in is checked against the project text's rules (:mod:`grading.deliverables`,
+   :mod:`grading.policy`);
+4. ``<out>/<student>/report.md`` and ``report.json`` (each check, its verdict, diagnostic and
+   points) and the executed notebooks are written, and the class's files for all of them
+   (:mod:`grading.outputs`: ``grades.csv``, ``canvas_grades.csv``, ``marking_sheet.csv``, ``index.html``).
 
 Exit status: 0 when every submission was graded; 1 when some folder or check was not gradable
 here (listed in the reports); 2 on a usage error or when the sandbox cannot start.
@@ -19,15 +23,16 @@ import glob
 import os
 import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from inf265 import ROOT
 
-from . import course, grade, report, sandbox
+from . import course, deliverables, grade, inbox, outputs, progress, report, sandbox, similarity
+from . import policy as late
 from . import rubric as rubric_mod
-from inf265.results import atomic_write_bytes
 
 DEFAULT_OUT = ROOT / "grading-out"
 DEFAULT_HARNESS = ROOT / "tests_backpropagation.py"
@@ -46,8 +51,9 @@ def expand(patterns: list[str]) -> list[Path]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m grading", description=__doc__.splitlines()[0])
-    p.add_argument("submissions", nargs="+", metavar="SUBMISSION_DIR",
-                   help="students' folders (or glob patterns such as 'submissions/*')")
+    p.add_argument("submissions", nargs="+", metavar="SUBMISSION",
+                   help="students' folders, a folder of them (any depth), zips, Canvas's Download Submissions zip "
+                        "or its folder (or glob patterns such as 'submissions/*')")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="reports go to OUT/<student folder name>/, the gradebook to OUT/grades.csv (default grading-out/)")
     p.add_argument("--rubric", type=Path, default=None, help="rubric TOML (default: grading/rubric.toml)")
@@ -59,6 +65,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--harness", type=Path, default=DEFAULT_HARNESS, help="the official tests_backpropagation.py")
     p.add_argument("--no-notebooks", action="store_true",
                    help="only the checks of the functions: do not re-execute the notebooks")
+    p.add_argument("--submitted-at", type=Path, default=None, metavar="CSV",
+                   help="submission times (columns student,submitted_at) for the rubric's late policy")
+    p.add_argument("--canvas", action="store_true",
+                   help="submission times from Canvas's API (CANVAS_URL, CANVAS_TOKEN, CANVAS_COURSE_ID, "
+                        "CANVAS_ASSIGNMENT_ID from the environment)")
     p.add_argument("--no-sandbox", action="store_true",
                    help="run students' code without bubblewrap isolation (the risk is written into every report)")
     return p
@@ -95,8 +106,24 @@ class Setup:
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.course, ignore_errors=True)
 
-    def grade(self, folder: Path, out_dir: Path) -> dict:
-        start, name = time.monotonic(), folder.resolve().name
+    def grade_submission(self, sub: inbox.Submission, out_dir: Path, policy=None, times=None) -> dict:
+        """One submission from the inbox: graded, with what the inbox, the deliverables and the late
+        policy say written into its report."""
+        if sub.problem:
+            rep = report.not_gradable(sub.name, sub.source, sub.problem, self.rubric, self.line)
+        else:
+            rep = self.grade(sub.folder, out_dir, sub.name)
+        rep.update(submission=sub.source, lms_user_id=sub.lms_user_id, lms_name=sub.lms_name, late=sub.late,
+                   files=sub.files, inbox_notes=sub.notes)
+        if not sub.problem and sub.folder.is_dir():
+            deliverables.apply(rep, sub.folder, sub.files_root, sub.files, out_dir, self.rubric)
+            similarity.save(sub.folder, out_dir)
+        late.apply(rep, policy, times or {})
+        report.write(rep, out_dir)
+        return rep
+
+    def grade(self, folder: Path, out_dir: Path, name: str | None = None) -> dict:
+        start, name = time.monotonic(), name or folder.resolve().name
         try:
             grade.check_folder(folder)
         except grade.NotGradable as exc:
@@ -142,31 +169,36 @@ def main(argv=None) -> int:
         if folder.exists() and (out_root == folder.resolve() or folder.resolve() in out_root.parents):
             return _usage_error(f"--out {args.out} is inside the submission {folder}; the grader never writes into "
                                 f"a submission: choose another folder")
-    names = [f.resolve().name for f in folders]
-    if len(set(names)) != len(names):
-        return _usage_error("two submissions have the same folder name; their reports would overwrite each other "
-                            "(OUT/<folder name>/): grade them with different --out folders")
-    for name in names:
-        existing = out_root / name
-        if existing.exists() and not (existing / "report.json").is_file() and any(existing.iterdir()):
-            return _usage_error(f"{existing} exists and is not a grading report folder (no report.json); the grader "
-                                f"would replace it: choose another --out folder")
     try:
-        setup = Setup(rubric, args.harness.resolve(), args.check_timeout, args.timeout, args.memory_gib,
-                      isolated=not args.no_sandbox, notebooks=not args.no_notebooks)
-    except sandbox.SandboxUnavailable as exc:
-        return _usage_error(f"refusing to grade: students' code cannot be isolated here.\n{exc}")
-    reports = []
-    with setup:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for rep in pool.map(lambda folder: setup.grade(folder, out_root / folder.resolve().name), folders):
-                reports.append(rep)
-                _print(rep, out_root)
+        policy = late.LatePolicy.from_rubric(rubric)
+        times = late.read_times(args.submitted_at, policy.deadline.tzinfo if policy else None) \
+            if args.submitted_at else {}
+        if args.canvas:
+            times |= late.canvas_times()
+    except late.PolicyError as exc:
+        return _usage_error(str(exc))
+    with tempfile.TemporaryDirectory(prefix="inf265-inbox-") as stage:
+        submissions = inbox.collect(folders, Path(stage))
+        for sub in submissions:
+            existing = out_root / sub.name
+            if existing.exists() and not (existing / "report.json").is_file() and any(existing.iterdir()):
+                return _usage_error(f"{existing} exists and is not a grading report folder (no report.json); the "
+                                    f"grader would replace it: choose another --out folder")
+        try:
+            setup = Setup(rubric, args.harness.resolve(), args.check_timeout, args.timeout, args.memory_gib,
+                          isolated=not args.no_sandbox, notebooks=not args.no_notebooks)
+        except sandbox.SandboxUnavailable as exc:
+            return _usage_error(f"refusing to grade: students' code cannot be isolated here.\n{exc}")
+        reports = []
+        with setup, progress.Bar(len(submissions)) as bar:
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                for rep in pool.map(lambda sub: setup.grade_submission(sub, out_root / sub.name, policy, times),
+                                    submissions):
+                    reports.append(rep)
+                    bar.done(_lines(rep, out_root))
     out_root.mkdir(parents=True, exist_ok=True)
-    # every report in the folder, so that batches graded one after the other make one gradebook
-    graded = {r["student"]: r for r in report.read_all(out_root)} | {r["student"]: r for r in reports}
-    atomic_write_bytes(out_root / "grades.csv", report.gradebook(list(graded.values())).encode("utf-8"))
-    print(f"gradebook: {os.path.relpath(out_root / 'grades.csv')}")
+    for line in outputs.finish(out_root, rubric):
+        print(line)
     if args.no_sandbox:
         print(f"warning: {NO_SANDBOX}", file=sys.stderr)
     bad = [r["student"] for r in reports if r.get("not_gradable") or "not_gradable" in r["tasks"].values()
@@ -177,14 +209,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def _print(rep: dict, out_root: Path) -> None:
+def _lines(rep: dict, out_root: Path) -> list[str]:
+    """What the batch prints for one finished student."""
     if rep.get("not_gradable"):
-        print(f"{rep['student']}: NOT GRADABLE: {rep['not_gradable']}", flush=True)
-        return
-    print(f"{rep['student']}: {rep['score']:g} / {rep['max_score']:g} (checks {rep['checks_seconds']:.1f} s, "
-          f"total {rep['seconds']:.1f} s)")
+        return [f"{rep['student']}: NOT GRADABLE: {rep['not_gradable']}"]
+    late_note = f", late: -{rep['late_deduction']:g}" if rep.get("late_deduction") else \
+        (", LATE (no time given)" if rep.get("late") else "")
+    lines = [f"{rep['student']}: {rep['score']:g} / {rep['max_score']:g} (checks {rep['checks_seconds']:.1f} s, "
+             f"total {rep['seconds']:.1f} s{late_note})"]
     for c in rep["checks"]:
         message = c["message"].splitlines()[0][:150] if c["message"] else ""
-        print(f"  {report.MARK.get(c['status'], c['status']):12} {c['points']:>5g}/{c['max_points']:<3g} {c['id']:26} "
-              f"{message}")
-    print(f"  report: {os.path.relpath(out_root / rep['student'] / 'report.md')}", flush=True)
+        lines.append(f"  {report.MARK.get(c['status'], c['status']):12} {c['points']:>5g}/{c['max_points']:<3g} "
+                     f"{c['id']:26} {message}")
+    lines.append(f"  report: {os.path.relpath(out_root / rep['student'] / 'report.md')}")
+    return lines

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from inf265 import ROOT
 
-from . import notebooks, registry, sandbox
+from . import inbox, notebooks, registry, sandbox
 from .checks import backprop as bp_checks
 from .checks import sgd as sgd_checks
 from .checks import static
@@ -25,6 +25,8 @@ from .session import BadReply, Runner, RunnerFailure, text
 
 SELF_CHECK = ROOT / "tests_gradient_descent.py"
 NOTEBOOKS = {"backprop": "backpropagation.ipynb", "sgd": "gradient_descent.ipynb"}
+PACKAGES_HINT = ("a package students may use goes into the rubric's [environment] packages (grading/rubric.toml), "
+                 "installed by make grade")
 NOTEBOOK_CHECKS = {"notebook_backpropagation": "backpropagation.ipynb",
                    "notebook_gradient_descent": "gradient_descent.ipynb"}
 
@@ -60,6 +62,12 @@ def check_folder(folder: Path) -> None:
     if not any((folder / nb).is_file() for nb in NOTEBOOKS.values()):
         content = "it is empty" if not any(folder.iterdir()) else "it holds neither notebook"
         raise NotGradable(f"{folder} is not a submission: {content} ({' nor '.join(NOTEBOOKS.values())})")
+
+
+def unreadable(folder: Path, name: str, ctx: Context) -> dict | None:
+    """The record of a notebook that cannot be read (its checks alone are not gradable), or None."""
+    why = inbox.unreadable(folder / name, ctx.rubric.notebook_mib) if (folder / name).is_file() else None
+    return record("not_gradable", f"not gradable: {why}") if why else None
 
 
 def record(status: str, message: str, **details) -> dict:
@@ -150,7 +158,7 @@ def _load_record(reply: dict, notebook: str, wanted: list[str], required: list[s
     why = {w: next((n for n in notes if f"def {w}(" in n or f"class {w}" in n), None) for w in absent}
     if needs and all(why[w] is None or "ModuleNotFoundError" in (why[w] or "") for w in absent):
         return record("not_gradable", f"not gradable here: needs the Python module(s) {', '.join(map(str, needs))} "
-                                      f"(not installed here), for {', '.join(absent)}", **details), False
+                                      f"(not installed here), for {', '.join(absent)}; {PACKAGES_HINT}", **details), False
     parts = [f"{w}: {why[w]}" if why[w] else f"{w}: not defined at the top level of the notebook" for w in absent]
     broken = f" ({'; '.join(syntax)})" if syntax else ""
     return record("fail", f"{notebook}: cannot load {'; '.join(parts)}{broken}", **details), False
@@ -167,7 +175,7 @@ def environment(records: dict, reply: dict) -> None:
             module = text(names[found.group(1)], 80)
             records[check_id] = record("not_gradable", f"not gradable here: needs the Python module {module} "
                                                        f"({found.group(1)} comes from it; not installed here, or not "
-                                                       f"handed in)", **rec.get("details", {}))
+                                                       f"handed in); {PACKAGES_HINT}", **rec.get("details", {}))
 
 
 def _skip_all(ids, message: str, status: str = "skipped") -> dict:
@@ -179,6 +187,8 @@ def grade_backprop(checks: Checks, folder: Path, ctx: Context) -> dict:
     ids = registry.ids(part="backprop") + ("backprop_by_hand",)
     if not (folder / notebook).is_file():
         return _skip_all(ids, f"{notebook} is missing from the submission", "fail")
+    if bad := unreadable(folder, notebook, ctx):
+        return _skip_all(ids, bad["message"], "not_gradable")
     try:
         reply = checks.load(notebook, ["MyNet", "backpropagation"])
     except RunnerFailure as failure:
@@ -225,6 +235,8 @@ def grade_sgd(checks: Checks, folder: Path, ctx: Context) -> dict:
     ids = registry.ids(part="sgd")
     if not (folder / notebook).is_file():
         return _skip_all(ids, f"{notebook} is missing from the submission", "fail")
+    if bad := unreadable(folder, notebook, ctx):
+        return _skip_all(ids, bad["message"], "not_gradable")
     wanted = ["train", "train_manual_update"] + _names(folder / notebook)
     try:
         reply = checks.load(notebook, wanted)
@@ -275,9 +287,10 @@ def _names(path: Path) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def integrity(folder: Path) -> dict:
+def integrity(folder: Path, ctx: Context) -> dict:
     """Tampering findings per notebook (static), for the report and the verdicts."""
-    return {nb: static.tampering_findings(folder / nb) for nb in NOTEBOOKS.values() if (folder / nb).is_file()}
+    return {nb: static.tampering_findings(folder / nb) for nb in NOTEBOOKS.values()
+            if (folder / nb).is_file() and not unreadable(folder, nb, ctx)}
 
 
 def apply_integrity(records: dict, findings: dict) -> None:
@@ -318,11 +331,16 @@ def run_checks(folder: Path, ctx: Context) -> tuple[dict, float, list[str]]:
 def run_notebook(folder: Path, name: str, ctx: Context, out_dir: Path) -> dict:
     if not (folder / name).is_file():
         return record("fail", f"{name} is missing from the submission")
+    if bad := unreadable(folder, name, ctx):
+        return bad
     with sandbox.Workspace(folder, ctx.course, ctx.data, ctx.provided,
                            ctx.isolated) as ws:
         limits = sandbox.Limits(memory=ctx.limits.memory, processes=ctx.limits.processes,
-                                cpu_seconds=10 ** 6, wall_seconds=10 ** 6)  # per-cell time limits apply instead
+                                cpu_seconds=10 ** 6,  # per-cell time limits, and one for the whole notebook
+                                wall_seconds=ctx.rubric.notebook_timeout)
         rec = notebooks.execute(ws, name, ctx.cell_timeout, limits, out_dir / "executed" / name)
+    if "(not installed here)" in rec.get("message", ""):
+        rec["message"] += f"; {PACKAGES_HINT}"
     rec["details"] = {k: rec.pop(k) for k in list(rec) if k not in ("status", "message", "seconds")}
     rec["details"]["executed_notebook"] = f"executed/{name}"
     return rec
@@ -331,7 +349,7 @@ def run_notebook(folder: Path, name: str, ctx: Context, out_dir: Path) -> dict:
 def grade(folder: Path, ctx: Context, out_dir: Path) -> dict:
     """All checks of one submission folder: ``{"records", "steps", "integrity", "notes"}``."""
     check_folder(folder)
-    findings = integrity(folder)
+    findings = integrity(folder, ctx)
     with ThreadPoolExecutor(max_workers=3) as pool:
         checks_future = pool.submit(run_checks, folder, ctx)
         nb_futures = {cid: pool.submit(run_notebook, folder, nb, ctx, out_dir)

@@ -28,7 +28,7 @@ from inf265 import ROOT
 from inf265.results import atomic_write_bytes
 
 from . import rubric as rubric_mod
-from . import sandbox
+from . import inbox, sandbox
 from .cli import DEFAULT_HARNESS, NO_SANDBOX, Setup
 
 #: what goes into /autograder/source, relative to the project root (folders recursively, *.py, *.toml)
@@ -48,6 +48,8 @@ fi
 python3.11 -m venv /autograder/venv
 /autograder/venv/bin/python -m pip install --upgrade pip
 /autograder/venv/bin/python -m pip install -r requirements.txt
+# the packages students may import (grading/rubric.toml [environment] packages)
+/autograder/venv/bin/python -m pip install $(/autograder/venv/bin/python -m grading.rubric --packages)
 # the data the checks need (the MNIST test split; CIFAR-10 for notebooks that load it), downloaded once
 DATA_DIR=/autograder/source/data /autograder/venv/bin/python -m inf265.data
 """
@@ -129,7 +131,9 @@ def grade(submission: Path, results_path: Path) -> int:
         isolated = False
     with tempfile.TemporaryDirectory(prefix="inf265-gradescope-") as out, \
             Setup(rubric, DEFAULT_HARNESS.resolve(), isolated=isolated) as setup:
-        report = setup.grade(submission, Path(out) / "report")
+        # a zipped project folder, notebooks one level down or renamed: found as make grade finds them
+        sub = inbox.single(submission, Path(out) / "stage")
+        report = setup.grade_submission(sub, Path(out) / "report")
     data = results(report)
     if not isolated:
         data["output"] = f"{NO_SANDBOX}\n" + data["output"]

@@ -6,13 +6,15 @@ import io
 import json
 from pathlib import Path
 
-from . import registry
+from . import deliverables, registry
 from .rubric import Rubric
 
 MARK = {"pass": "PASS", "partial": "PARTIAL", "fail": "FAIL", "error": "ERROR", "timeout": "TIMEOUT",
         "skipped": "SKIPPED", "not_gradable": "NOT GRADABLE"}
 #: gradebook columns for the two tasks of the course (course-scope checks only)
 TASKS = ("backpropagation", "train_manual_update")
+#: gradebook columns after the checks' points (grading.inbox, grading.policy, grading.deliverables)
+EXTRA_COLUMNS = ("lms_user_id", "late", "late_deduction", "deliverables")
 
 
 def build(student: str, submission: str, graded: dict, rubric: Rubric, sandbox_line: str, limits: dict,
@@ -61,19 +63,22 @@ def _cell(text) -> str:
 def markdown(report: dict) -> str:
     lines = [f"# {report['title']}", "", f"Student: **{report['student']}**  "]
     if report.get("not_gradable"):
-        return "\n".join(lines + [f"**Not gradable**: {report['not_gradable']}", f"Sandbox: {report['sandbox']}", ""])
+        return "\n".join(lines + [f"**Not gradable**: {report['not_gradable']}", f"Sandbox: {report['sandbox']}",
+                                   *deliverables.markdown(report), ""])
     lines += [f"Score: **{report['score']:g} / {report['max_score']:g}**  ",
               "Tasks: " + ", ".join(f"{t} **{s}**" for t, s in report["tasks"].items()), "",
               f"Sandbox: {report['sandbox']}.  ",
               f"Limits: {report['limits']['check_cpu']:g} s of CPU per check, {report['limits']['cell_timeout']:g} s "
               f"per notebook cell, {report['limits']['resources']}.  ",
               f"Checks of the student's functions (without re-running the notebooks) took "
-              f"**{report['checks_seconds']:.1f} s**; the whole grading {report['seconds']:.1f} s.", "",
+              f"**{report['checks_seconds']:.1f} s**; the whole grading {report['seconds']:.1f} s." + notebook_times(report),
+              "",
               "| Check | Result | Points | Diagnostic |", "|---|---|---|---|"]
     for c in report["checks"]:
         scope = " (beyond the course)" if c["scope"] == "beyond" else ""
         lines.append(f"| {_cell(c['title'])}{scope} (`{c['id']}`) | {MARK.get(c['status'], c['status'])} | "
                      f"{c['points']:g} / {c['max_points']:g} | {_cell(c['message'])} |")
+    lines += deliverables.markdown(report)
     found = {nb: f for nb, f in report.get("integrity", {}).items() if f}
     if found:
         lines += ["", "## Integrity", ""]
@@ -96,6 +101,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def notebook_times(report: dict) -> str:
+    """How long each re-executed notebook ran (from the report's step times)."""
+    steps = report.get("step_seconds") or {}
+    times = [f"{cid.removeprefix('notebook_')}.ipynb {steps[cid]:.1f} s" for cid in sorted(steps)
+             if cid.startswith("notebook_") and isinstance(steps[cid], (int, float))]
+    return f"  \nNotebooks re-executed in: {', '.join(times)}." if times else ""
+
+
 def write(report: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
@@ -115,13 +128,22 @@ def read_all(out_root: Path) -> list[dict]:
     return out
 
 
-def gradebook(reports: list[dict]) -> str:
-    """``grades.csv``: one row per student; task verdicts, then the points of every check."""
+def gradebook(reports: list[dict], manual: tuple[str, ...] = ()) -> str:
+    """``grades.csv``: one row per student; task verdicts, then the points of every check, then the
+    inbox's and the policies' columns: the LMS user id, late, the late deduction, the deliverables'
+    points, the ``manual`` criteria's marks and the total (:func:`grading.outputs.total`)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["student", "score", "max_score", *TASKS, *registry.IDS])
+    writer.writerow(["student", "score", "max_score", *TASKS, *registry.IDS, *EXTRA_COLUMNS, *manual, "total"])
     for r in sorted(reports, key=lambda r: r["student"]):
         points = {c["id"]: c["points"] for c in r["checks"]}
+        marks = r.get("manual") or {}
+        deduction = r.get("late_deduction")
         writer.writerow([r["student"], "" if r["score"] is None else f"{r['score']:g}", f"{r['max_score']:g}",
-                         *(r["tasks"][t] for t in TASKS), *(f"{points[i]:g}" if i in points else "" for i in registry.IDS)])
+                         *(r["tasks"][t] for t in TASKS), *(f"{points[i]:g}" if i in points else "" for i in registry.IDS),
+                         r.get("lms_user_id", ""), "yes" if r.get("late") else "no",
+                         "" if deduction is None else f"{deduction:g}",
+                         f"{sum(d['points'] for d in r.get('deliverables', [])):g}",
+                         *("" if marks.get(m) is None else f"{marks[m]:g}" for m in manual),
+                         "" if r.get("total") is None else f"{r['total']:g}"])
     return out.getvalue()

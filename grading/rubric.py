@@ -32,6 +32,10 @@ class Rubric:
     processes: int
     subcheck_weights: dict[str, float] = field(default_factory=lambda: dict(SUBCHECK_WEIGHTS))
     path: str = ""
+    notebook_timeout: float = 1800.0
+    notebook_mib: float = 50.0
+    packages: list[str] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)   # [late], [lms], [deliverables], [manual], [similarity]: see their modules
 
     def score(self, check: str, status: str, fraction: float | None = None) -> float:
         pts = self.points.get(check, 0.0)
@@ -93,4 +97,36 @@ def load(path: Path | str | None = None) -> Rubric:
         memory_gib=_number(limits.get("memory_gib", 4), "limits.memory_gib", path, 1),
         processes=int(_number(limits.get("processes", 64), "limits.processes", path, 8)),
         subcheck_weights=weights, path=str(path),
+        notebook_timeout=_number(limits.get("notebook_timeout", 1800), "limits.notebook_timeout", path, 1),
+        notebook_mib=_number(limits.get("notebook_mib", 50), "limits.notebook_mib", path, 0.1),
+        packages=_packages(data.get("environment", {}).get("packages", []), path),
+        extras={k: data.get(k, {}) for k in ("late", "lms", "deliverables", "manual", "similarity")},
     )
+
+
+def _packages(value, path: Path) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise RubricError(f"{path}: environment.packages must be a list of package names (pip requirement strings), "
+                          f"got {value!r}")
+    return [v.strip() for v in value]
+
+
+def main(argv=None) -> int:
+    """``python -m grading.rubric --packages [RUBRIC]``: the students' extra packages, one per line
+    (what ``make grade``'s setup and the Gradescope package's setup.sh install)."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] != "--packages" or len(argv) > 2:
+        print("usage: python -m grading.rubric --packages [RUBRIC]", file=sys.stderr)
+        return 2
+    try:
+        print("\n".join(load(argv[1] if len(argv) > 1 else None).packages))
+    except RubricError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

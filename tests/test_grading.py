@@ -395,4 +395,5 @@ def _validate_gradescope(results: dict) -> None:
 def test_gradebook_csv_columns():
     from grading import report as report_mod
     rows = list(csv.reader(io.StringIO(report_mod.gradebook([]))))
-    assert rows == [["student", "score", "max_score", "backpropagation", "train_manual_update", *registry.IDS]]
+    assert rows == [["student", "score", "max_score", "backpropagation", "train_manual_update", *registry.IDS,
+                     "lms_user_id", "late", "late_deduction", "deliverables", "total"]]
