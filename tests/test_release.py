@@ -1,16 +1,19 @@
 """The students' hand-out (``make release``, :mod:`inf265.release`) and its ``make check``.
 
-Built from the notebooks as they are: the tests hold for whatever solution regions the notebooks
-have. The slow ones run the hand-out's notebooks in kernels: each stops at a stub with
-NotImplementedError; with the reference's regions put back, they score full marks in the grader.
+The mark-up convention is tested on small notebooks built here; the hand-out itself is built from
+the notebooks as they are. The slow tests run the hand-out's notebooks in kernels: each stops at a
+stub; filled with the students' solutions of tests/fixtures/handout_students/, both notebooks run
+top to bottom, make check ends with "public checks passed" and the grader gives full marks.
 """
 import json
 import modulefinder
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -21,7 +24,8 @@ import pytest
 from inf265 import ROOT, release
 
 NOTEBOOKS = release.NOTEBOOKS
-VENV = Path(sys.prefix)  # the venv running the tests: the hand-out's make reuses it (same requirements.txt)
+VENV = Path(sys.prefix)  # the venv running the tests: the hand-out's make uses it (VENV=...), never builds one
+STUDENTS = ROOT / "tests" / "fixtures" / "handout_students"
 
 
 def _reference(name):
@@ -48,13 +52,9 @@ def _code_lines(nb):
     return [line.strip() for c in nb.cells if c.cell_type == "code" for line in c.source.splitlines()]
 
 
-def _messages(name):
-    return [r.message for r in release.regions(_reference(name), name)]
-
-
-def _make(folder, *args, timeout=600):
+def _make(folder, *args, timeout=900, env=None):
     return subprocess.run(["make", "--no-print-directory", *args, f"VENV={VENV}"], cwd=folder, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "DATA_DIR": str(_data_dir())})
+                          text=True, timeout=timeout, env=env or {**os.environ, "DATA_DIR": str(_data_dir())})
 
 
 def _data_dir():
@@ -67,51 +67,107 @@ def _files(folder):
 
 
 # ============================================================================================
-# the regions convention
+# the mark-up contract, on small notebooks
 # ============================================================================================
+def _solution(cell, grade_id):
+    cell.metadata["nbgrader"] = {"grade": False, "grade_id": grade_id, "locked": False, "schema_version": 3,
+                                 "solution": True, "task": False}
+    return cell
+
+
 def _notebook(*cells):
+    """Cells as strings: "md:" markdown, "ref:" tagged reference-only, "sol:ID:" an nbgrader solution cell."""
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell(c[3:]) if c.startswith("md:") else nbformat.v4.new_code_cell(c)
-                for c in cells]
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    for text in cells:
+        grade_id = None
+        if text.startswith("sol:"):
+            _, grade_id, text = text.split(":", 2)
+        markdown = text.startswith("md:")
+        reference = text.startswith("ref:")
+        text = text.split(":", 1)[1] if markdown or reference else text
+        cell = nbformat.v4.new_markdown_cell(text) if markdown else nbformat.v4.new_code_cell(text)
+        if reference:
+            cell.metadata["tags"] = [release.REFERENCE_ONLY]
+        if isinstance(cell.get("outputs"), list):
+            cell.outputs = [nbformat.v4.new_output("stream", text="out\n")]
+            cell.execution_count = 3
+        nb.cells.append(_solution(cell, grade_id) if grade_id else cell)
     return nb
 
 
-def test_a_region_becomes_a_stub_at_its_indentation_and_comes_back():
-    nb = _notebook("md:## 3. Training\nText.",
-                   "def f(x):\n    '''doc'''\n    ### BEGIN SOLUTION: Section 3.1, task 4: write f\n    y = x\n"
-                   "    return y\n    ### END SOLUTION\n\nprint(1)",
-                   "class A:\n    def g(self):\n        ### BEGIN SOLUTION\n        return 2\n        ### END SOLUTION")
+BODY = ("def backpropagation(model, y_true, y_pred):\n    \'\'\'doc\'\'\'\n    # NBVAL_IGNORE_OUTPUT\n"
+        "    ### BEGIN SOLUTION Section 2.1: write backpropagation\n    delta = 2 * (y_pred - y_true)\n"
+        "    ### END SOLUTION\n")
+
+
+def test_the_release_uses_nbgraders_markup_removes_reference_cells_and_keeps_ids():
+    nb = _notebook("md:# Title", "# NBVAL_CHECK_OUTPUT\nimport torch", f"sol:backpropagation:{BODY}",
+                   "ref:x = derivation()", "md:## Task 1 (section 3.1)",
+                   "sol:task1:# NBDEFS: skip\n### BEGIN SOLUTION Task 1: load and analyse the data\n"
+                   "data = load()\n### END SOLUTION",
+                   "sol:task9:### BEGIN SOLUTION\nbest = pick()\n### END SOLUTION",
+                   "sol:task10-b:md:**Analysis.**\n### BEGIN SOLUTION\nThe model is good.\n### END SOLUTION",
+                   "sol:task10:md:Whole answer cell")
     out = release.release_notebook(nb, "t.ipynb")
-    assert out.cells[1].source == ("def f(x):\n    '''doc'''\n    raise NotImplementedError('Section 3.1, task 4: write f')\n"
-                                   "\nprint(1)")
-    # no message: composed from the heading above and the enclosing def
-    assert out.cells[2].source == ("class A:\n    def g(self):\n        raise NotImplementedError("
-                                   "'t.ipynb, section 3. Training: write the missing part of g()')")
-    assert out.cells[0].source == nb.cells[0].source
-    restored = release.restore_notebook(out, nb, "t.ipynb")
-    assert [c.source for c in restored.cells] == [c.source for c in nb.cells]
+    kept = [c for c in nb.cells if release.REFERENCE_ONLY not in c.metadata.get("tags", [])]
+    assert [c.id for c in out.cells] == [c.id for c in kept]            # ids kept, the reference's cell gone
+    sources = [c.source for c in out.cells]
+    assert sources[1] == "import torch"                                  # pragma stripped
+    assert sources[2] == ("def backpropagation(model, y_true, y_pred):\n    \'\'\'doc\'\'\'\n"
+                          "    raise NotImplementedError(\'Section 2.1: write backpropagation\')\n")
+    assert sources[4] == "# Task 1: load and analyse the data"           # a task cell: one line to write under
+    assert sources[5] == "# YOUR CODE HERE"                              # nbgrader's stub without a message
+    assert sources[6] == "**Analysis.**\nYOUR ANSWER HERE" and sources[7] == "YOUR ANSWER HERE"
+    assert all(c.outputs == [] and c.execution_count is None for c in out.cells if c.cell_type == "code")
+    assert out.metadata.kernelspec == {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    assert all(c.metadata["nbgrader"]["solution"] for c in out.cells if release.grade_id(c))
+    assert release.solution_lines(nb, "t.ipynb") == {"delta = 2 * (y_pred - y_true)", "data = load()", "best = pick()",
+                                                     "The model is good.", "Whole answer cell"}
 
 
 @pytest.mark.parametrize("source, error", [
-    ("### BEGIN SOLUTION: a\n### BEGIN SOLUTION: b\n### END SOLUTION", r"code cell 1 .*line 2: BEGIN SOLUTION inside"),
-    ("x = 1\n### END SOLUTION", r"code cell 1 .*line 2: END SOLUTION without a BEGIN"),
+    ("### BEGIN SOLUTION: a\n### BEGIN SOLUTION: b\n### END SOLUTION", r"line 2: BEGIN SOLUTION inside"),
+    ("x = 1\n### END SOLUTION", r"line 2: END SOLUTION without a BEGIN"),
     ("if True:\n    ### BEGIN SOLUTION: a\n    x = 1", r"line 2: BEGIN SOLUTION without ### END SOLUTION"),
     ("if True:\n    ### BEGIN SOLUTION: a\n    x = 1\n### END SOLUTION", r"line 4: END SOLUTION is not indented like"),
     ("x = (1,\n### BEGIN SOLUTION: a\n2)\n### END SOLUTION", r"not valid Python once its regions are stubbed"),
 ])
 def test_bad_markers_are_a_clear_error_naming_notebook_and_cell(source, error):
-    nb = _notebook("md:# T", "x = 0", source)
-    with pytest.raises(release.RegionError, match=r"^bad\.ipynb, code cell 2 \(cell index 2\)") as err:
+    nb = _notebook("md:# T", "x = 0", f"sol:t:{source}")
+    with pytest.raises(release.RegionError, match=r"^bad\.ipynb, cell 3 \(`") as err:
         release.release_notebook(nb, "bad.ipynb")
-    assert re.search(error.replace("code cell 1", "code cell 2"), str(err.value)), str(err.value)
+    assert re.search(error, str(err.value)), str(err.value)
 
 
-def test_restoring_into_an_edited_release_is_a_clear_error():
-    nb = _notebook("def f():\n    ### BEGIN SOLUTION: write f\n    return 1\n    ### END SOLUTION")
-    edited = release.release_notebook(nb, "e.ipynb")
-    edited.cells[0].source = "def f():\n    return 0"
-    with pytest.raises(release.RegionError, match=r"e\.ipynb: the stub `raise NotImplementedError\('write f'\)`"):
-        release.restore_notebook(edited, nb, "e.ipynb")
+@pytest.mark.parametrize("cells, error", [
+    (["def f():\n    ### BEGIN SOLUTION: a\n    return 1\n    ### END SOLUTION"],
+     r"cell 1 .*line 2: a solution region outside a solution cell: give the cell nbgrader's metadata"),
+    (["sol:t1:x = 1", "sol:t1:y = 2"], r"cell 2 .*needs its own nbgrader grade_id \(also used by cell 1\)"),
+])
+def test_regions_outside_solution_cells_and_shared_ids_are_refused(cells, error):
+    with pytest.raises(release.RegionError, match=error):
+        release.release_notebook(_notebook(*cells), "bad.ipynb")
+
+
+@pytest.mark.parametrize("text", ["Run `make test` to check", "see tests/test_harness.py", "in report/report.typ",
+                                  "the hand-out replaces it with raise NotImplementedError",
+                                  "from inf265.data import get_cifar10", "# NBVAL_SKIP inside a sentence"])
+def test_instructor_only_text_that_would_ship_is_refused(text):
+    nb = _notebook("md:# T", f"md:Given text. {text}", f"ref:{text}")
+    with pytest.raises(release.ReleaseError, match=r"x\.ipynb, cell 2 \(`Given text.*line 1 of the hand-out says "
+                                                   r"`.+`, which is ours.*tag the cell reference-only"):
+        release.release_notebook(nb, "x.ipynb")
+    nb.cells[1].metadata["tags"] = [release.REFERENCE_ONLY]
+    assert [c.source for c in release.release_notebook(nb, "x.ipynb").cells] == ["# T"]
+
+
+def test_fill_puts_answers_into_the_solution_cells_by_grade_id():
+    released = release.release_notebook(_notebook("x = 0", f"sol:backpropagation:{BODY}", "sol:task1:# t"), "f.ipynb")
+    filled = release.fill(released, {"backpropagation": "def backpropagation(m, a, b):\n    pass"}, "f.ipynb")
+    assert [c.source for c in filled.cells] == ["x = 0", "def backpropagation(m, a, b):\n    pass", "# YOUR CODE HERE"]
+    with pytest.raises(release.RegionError, match=r"f\.ipynb: answers for cells the hand-out does not have: task7"):
+        release.fill(released, {"task7": "x"}, "f.ipynb")
 
 
 # ============================================================================================
