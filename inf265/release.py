@@ -148,7 +148,7 @@ def regions(nb, name: str) -> list[Region]:
     """Every solution region of the notebook, in order (``name`` is used in messages).
 
     Raises :class:`RegionError` for markers outside a solution cell, unbalanced or nested markers,
-    two regions of one cell with different messages, and solution cells without a unique grade_id.
+    and solution cells without a unique grade_id.
     """
     found, ids = [], {}
     for index, cell in enumerate(nb.cells):
@@ -163,9 +163,6 @@ def regions(nb, name: str) -> list[Region]:
         elif spans:
             raise RegionError(f"{where(name, nb, index, spans[0][0])}: a solution region outside a solution cell: "
                               "give the cell nbgrader's metadata (nbgrader: {solution: true, grade_id: ...})")
-        if len({message for *_, message in spans}) > 1:
-            raise RegionError(f"{where(name, nb, index)}: its regions have different messages; one stub message "
-                              "per cell: split the cell")
         inside = {n for start, end, *_ in spans for n in range(start, end + 1)}
         rest = [x for n, x in enumerate(lines) if n not in inside and x.strip() and not x.lstrip().startswith("#")]
         found += [Region(index, start, end, indent, message, whole_cell=cell.cell_type == "code" and not rest)
@@ -206,21 +203,36 @@ def _strip_pragmas(source: str) -> str:
     return "".join(x for x in source.splitlines(keepends=True) if not PRAGMA.match(x))
 
 
+def _cleared(cell, cell_regions: list[Region], index: int) -> str:
+    """The cell's source through nbgrader's ClearSolutions, each region with its own stub: the source is
+    cut after each region's END line, and each piece (one region in it) is cleared with that region's stub."""
+    if not cell_regions:  # a solution cell without markers: nbgrader replaces it whole
+        pieces, stubs = [cell.source], ["# YOUR CODE HERE"]
+    else:
+        lines, cuts = cell.source.split("\n"), [0] + [r.end + 1 for r in cell_regions]
+        cuts[-1] = len(lines)
+        pieces = ["\n".join(lines[a:b]) for a, b in zip(cuts, cuts[1:])]
+        stubs = [r.stub() for r in cell_regions]
+    cleared = []
+    for piece, stub in zip(pieces, stubs):
+        part = copy.deepcopy(cell)
+        part.source = piece
+        ClearSolutions(code_stub={"python": stub}).preprocess_cell(part, {"language": "python"}, index)
+        cleared.append(part.source)
+    return "\n".join(cleared)
+
+
 def release_notebook(nb, name: str):
     """A copy of ``nb`` for students (see the module's docstring); cell ids kept."""
     found = regions(nb, name)  # validates the mark-up first, with our messages
     out = copy.deepcopy(nb)
-    for index, cell in enumerate(out.cells):  # stubs, cell by cell: a stub message per cell
-        if not is_solution(cell):
-            continue
-        cell_regions = [r for r in found if r.cell == index]
-        stub = cell_regions[0].stub() if cell_regions else "# YOUR CODE HERE"
-        clear = ClearSolutions(code_stub={"python": stub})
-        original = cell.source
-        clear.preprocess_cell(cell, {"language": "python"}, index)
-        if cell.cell_type == "code" and _parses(original) and not _parses(cell.source):
-            raise RegionError(f"{where(name, nb, index)}: the cell is not valid Python once its regions are "
-                              "stubbed; put the markers around whole statements")
+    for index, cell in enumerate(out.cells):
+        if is_solution(cell):
+            original = cell.source
+            cell.source = _cleared(cell, [r for r in found if r.cell == index], index)
+            if cell.cell_type == "code" and _parses(original) and not _parses(cell.source):
+                raise RegionError(f"{where(name, nb, index)}: the cell is not valid Python once its regions are "
+                                  "stubbed; put the markers around whole statements")
     out, _ = TagRemovePreprocessor(remove_cell_tags={REFERENCE_ONLY}).preprocess(out, {})
     out, _ = ClearOutput().preprocess(out, {})
     for cell in out.cells:
