@@ -1,4 +1,4 @@
-"""The notebook executor: one notebook, in memory, top to bottom in a fresh kernel, cell by cell.
+"""Run a notebook in memory, top to bottom in a fresh kernel, cell by cell.
 
 :func:`run` returns ``None`` when every cell ran, else a :class:`Failure` (which cell, and why);
 with ``progress`` it prints one line per cell as it runs: the cell's number among all cells, as
@@ -6,9 +6,8 @@ JupyterLab counts them from the top, its first source line, and its time once do
 
     cell  7/25  def backpropagation(model, y_true, y_pred):  0.4 s
 
-``make run`` (:mod:`inf265.execute`), the grader (:mod:`grading.notebooks`) and the students'
-``tools/check.py`` all run notebooks with it. It needs only nbformat and nbclient (nothing of the
-``inf265`` package), so that the hand-out ships this file as it is, beside ``tools/check.py``.
+It needs only nbformat and nbclient. The course runs its own notebooks and its grader with this same
+file; in your project folder it is ``tools/executor.py``, which ``tools/check.py`` runs notebooks with.
 """
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ SHOWN = 60
 """Characters of a cell's first line shown in progress lines and messages."""
 
 # nbclient and jupyter_client log what we report ourselves ("Kernel died while waiting ...").
-_QUIET = logging.getLogger("inf265.executor.nbclient")
+_QUIET = logging.getLogger("executor.nbclient")
 _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
 

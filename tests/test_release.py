@@ -191,7 +191,7 @@ def test_the_handout_holds_only_what_students_use(student, tmp_path):
     assert set(release.SCRIPTS) <= imported
     assert not [name for name in unresolved if name.split(".")[0] in ("inf265", "grading", "tests")], unresolved
     expected = {*NOTEBOOKS, *imported, "tools/check.py", "tools/executor.py", "README.md", "Makefile",
-                "requirements.txt", "environment.yml"}
+                "requirements.txt", "environment.yml", ".gitignore"}
     assert set(_files(student)) == expected
     assert (student / "tools/executor.py").read_bytes() == (ROOT / "inf265/executor.py").read_bytes()
     assert all(stat.S_IMODE((student / f).stat().st_mode) == 0o644 for f in expected)
@@ -259,8 +259,7 @@ def test_the_readme_and_makefile_speak_only_of_what_students_have(student):
                   "GB", "Intel", "README.txt", "PDF", "DATA_DIR", "NotImplementedError", "YOUR ANSWER HERE"):
         assert words in readme, words
     for text in (readme, makefile, (student / "environment.yml").read_text(), (student / "tools/check.py").read_text()):
-        found = release.INSTRUCTOR_ONLY.search(text.replace("tools/", "").replace("release/tools/", ""))
-        assert not found or found[0] in ("inf265.", ), found  # tools/check.py's fallback import is not shown
+        assert not release.INSTRUCTOR_ONLY.search(text), release.INSTRUCTOR_ONLY.search(text)
     assert "/work" not in readme + makefile and "/root" not in readme + makefile
 
 
@@ -273,7 +272,8 @@ def test_the_zip_holds_the_folder_byte_for_byte_dated_by_the_build_mode_0644(dis
         for info in archive.infolist():
             assert archive.read(info) == (student / info.filename.split("/", 1)[1]).read_bytes(), info.filename
             assert info.external_attr >> 16 == 0o100644 and info.date_time == release.build_date(), info
-    assert release.build_date() > (2020, 1, 1, 0, 0, 0)  # the last commit's date, in a git checkout
+    if (ROOT / ".git").exists():  # in a git checkout: the last commit's date
+        assert release.build_date() > (2020, 1, 1, 0, 0, 0)
     release.build(tmp_path)
     assert (tmp_path / release.ZIP_NAME).read_bytes() == zip_path.read_bytes()
 
@@ -345,10 +345,11 @@ def test_make_check_on_the_handout_shows_each_cell_and_stops_at_a_stub(student, 
     for name in NOTEBOOKS:
         stop = re.search(rf"^   {re.escape(name)}: cell (\d+) \(`.*`\) raised (\w+): (.*)$", done.stdout, re.M)
         assert stop, f"{name} did not stop at a cell:\n{done.stdout[-2000:]}"
-        assert stop[2] == "NotImplementedError", f"{name} stopped by {stop[2]}: {stop[3]}"
+        # the stub itself, or the harness saying the function raised it
+        assert "NotImplementedError" in stop[2] + stop[3], f"{name} stopped by {stop[2]}: {stop[3]}"
     last = done.stdout.rstrip().splitlines()[-1]
-    assert re.match(r"^to fix \(1 more above\): backpropagation\.ipynb, cell \d+ \(`.*`\) raised NotImplementedError: "
-                    r"\S", last), last
+    assert re.match(r"^to fix \(1 more above\): backpropagation\.ipynb, cell \d+ \(`.*`\) raised \w+: .*"
+                    r"NotImplementedError", last), last
     assert "public checks passed" not in done.stdout
     assert {f: (student / f).read_bytes() for f in _files(student)} == before, "make check changed the hand-out"
 
@@ -404,7 +405,7 @@ def test_the_reference_answers_pass_make_check_in_the_handout(student, tmp_path,
     assert done.stdout.rstrip().splitlines()[-1].startswith("public checks passed")
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in STUDENTS.iterdir()) if STUDENTS.is_dir() else [])
+@pytest.mark.parametrize("name", sorted(p.name for p in STUDENTS.iterdir() if p.is_dir()) if STUDENTS.is_dir() else [])
 def test_a_course_correct_student_passes_make_check_and_scores_full_marks(name, student, tmp_path, shared_data):
     """Each student of tests/fixtures/handout_students/ (written without the reference, in their own styles):
     both notebooks run top to bottom within the grader's limits, make check ends with "public checks passed",

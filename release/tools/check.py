@@ -25,14 +25,11 @@ from pathlib import Path
 
 import nbformat
 
-try:  # the hand-out: tools/executor.py, beside this file
-    from executor import Progress, run
-except ImportError:  # the course's own copy of this script (release/tools/), run from the course's folder
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from inf265.executor import Progress, run
+from executor import Progress, run  # tools/executor.py, beside this file
 
 NOTEBOOKS = ("backpropagation.ipynb", "gradient_descent.ipynb")
-TIMEOUT = float("{{CELL_TIMEOUT}}") if "{{" not in "{{CELL_TIMEOUT}}" else 120.0
+GRADERS_LIMIT = "{{CELL_TIMEOUT}}"  # seconds per cell: the grader's limit
+TIMEOUT = float(GRADERS_LIMIT) if GRADERS_LIMIT[0].isdigit() else None  # None: --timeout is required
 #: notebook -> (what its self-check prints when it passes, how many times at least, what it is)
 SELF_CHECKS = {"backpropagation.ipynb": ("ALL TESTS PASSED", 2, "the course's tests of backpropagation (toy, MNIST)"),
                "gradient_descent.ipynb": ("public checks passed", 1, "the public self-check of train_manual_update")}
@@ -68,8 +65,8 @@ def check(path: Path, timeout: float, save: bool) -> str | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", default=list(NOTEBOOKS), help="default: both notebooks")
-    parser.add_argument("--timeout", type=float, default=TIMEOUT,
-                        help=f"seconds per cell (default: the grader's limit, {TIMEOUT:g})")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT, required=TIMEOUT is None,
+                        help=f"seconds per cell (default: the grader's limit, {TIMEOUT})")
     parser.add_argument("--save", action="store_true", help="save each notebook that ran to the end, with its outputs")
     args = parser.parse_args(argv)
     if not 0 < args.timeout < math.inf:
