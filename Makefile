@@ -97,4 +97,4 @@ lab: venv
 
 check: venv
 	@limit=$$($(PY) -m inf265.release --cell-timeout) && \
-	PYTHONPATH=inf265 $(PY) release/tools/check.py --timeout "$$limit" backpropagation.ipynb gradient_descent.ipynb
+	PYTHONPATH="$(CURDIR)/inf265" $(PY) release/tools/check.py --timeout "$$limit" backpropagation.ipynb gradient_descent.ipynb
