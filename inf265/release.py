@@ -11,6 +11,8 @@ mark-up is nbgrader's, so that ``nbgrader generate_assignment`` gives the same n
   marker is the stub's message. A region inside code (the body of ``backpropagation``) becomes
   ``raise NotImplementedError("<message>")``; a region that is the whole cell (a task of
   gradient_descent.ipynb) becomes a one-line comment ``# <message>`` to write under;
+* a task's further whole cells (``task8-b``, ``task8-c`` after ``task8``) are left out: students get one
+  cell per task to write in (their design, not the reference's cells);
 * outputs are cleared (nbgrader's ``ClearOutput``), pragmas (``# NBVAL_...``, ``# NBDEFS: ...``)
   are stripped, the kernelspec is ipykernel's; each cell keeps its ``id``.
 
@@ -226,7 +228,13 @@ def release_notebook(nb, name: str):
     """A copy of ``nb`` for students (see the module's docstring); cell ids kept."""
     found = regions(nb, name)  # validates the mark-up first, with our messages
     out = copy.deepcopy(nb)
+    tasks = set()
     for index, cell in enumerate(out.cells):
+        whole = [r for r in found if r.cell == index and r.whole_cell]
+        task = (grade_id(cell) or "").split("-")[0]
+        if whole and task in tasks and REFERENCE_ONLY not in cell.metadata.get("tags", []):
+            cell.metadata["tags"] = [*cell.metadata.get("tags", []), REFERENCE_ONLY]  # one stub per task
+        tasks.update([task] if whole else [])
         if is_solution(cell):
             original = cell.source
             cell.source = _cleared(cell, [r for r in found if r.cell == index], index)
