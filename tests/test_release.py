@@ -399,16 +399,29 @@ def _grade(folder, tmp_path) -> dict:
     return report | {"exit": done.returncode}
 
 
-def test_the_references_backpropagation_passes_make_check_in_the_handout(student, tmp_path, shared_data):
+def test_the_references_backpropagation_passes_make_check_and_make_run_saves_it(student, tmp_path, shared_data):
     """The round trip of backpropagation.ipynb: the hand-out with the reference's solution cell put back.
     (gradient_descent.ipynb's reference cells use helpers of reference-only cells: the students' fixtures
-    below are its round trip.)"""
+    below are its round trip.) Without the course's test cells, make check says they did not run."""
     answers = {"backpropagation.ipynb": release.reference_answers(_reference("backpropagation.ipynb"))}
     folder = _filled(student, tmp_path, answers, "reference")
+    path = folder / "backpropagation.ipynb"
+    full = nbformat.read(path, as_version=4)
+    untested = nbformat.read(path, as_version=4)
+    untested.cells = [c for c in untested.cells if "main_test(" not in c.source]
+    nbformat.write(untested, path)
     done = _make(folder, "check", "NOTEBOOKS=backpropagation.ipynb")
+    assert done.returncode != 0 and re.search(r"^to fix: backpropagation\.ipynb, every cell ran, but the course's tests "
+                                              r"of backpropagation .* did not print 'ALL TESTS PASSED'", done.stdout,
+                                              re.M), done.stdout[-2000:]
+    nbformat.write(full, path)
+    done = _make(folder, "run", "NOTEBOOKS=backpropagation.ipynb")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert re.search(r"^   backpropagation\.ipynb: every cell ran in \d+ s$", done.stdout, re.M), done.stdout
+    assert re.search(r"^   backpropagation\.ipynb: every cell ran in \d+ s, saved with its outputs$", done.stdout, re.M)
     assert done.stdout.rstrip().splitlines()[-1].startswith("public checks passed")
+    saved = nbformat.read(path, as_version=4)
+    assert [c.id for c in saved.cells] == [c.id for c in full.cells]
+    assert "ALL TESTS PASSED" in "".join(o.get("text", "") for o in saved.cells[-1].outputs)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in STUDENTS.iterdir() if p.is_dir()) if STUDENTS.is_dir() else [])
