@@ -230,10 +230,11 @@ def release_notebook(nb, name: str):
     out = copy.deepcopy(nb)
     tasks = set()
     for index, cell in enumerate(out.cells):
-        whole = [r for r in found if r.cell == index and r.whole_cell]
+        whole = any(r.cell == index and r.whole_cell for r in found)
+        whole = whole and REFERENCE_ONLY not in cell.metadata.get("tags", [])
         task = (grade_id(cell) or "").split("-")[0]
-        if whole and task in tasks and REFERENCE_ONLY not in cell.metadata.get("tags", []):
-            cell.metadata["tags"] = [*cell.metadata.get("tags", []), REFERENCE_ONLY]  # one stub per task
+        if whole and task in tasks:  # one cell to write in per task: the others go with the reference's cells
+            cell.metadata["tags"] = [*cell.metadata.get("tags", []), REFERENCE_ONLY]
         tasks.update([task] if whole else [])
         if is_solution(cell):
             original = cell.source
