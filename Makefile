@@ -92,8 +92,9 @@ clean-venv:
 # The students' hand-out: dist/student/ and dist/inf265-project1-student.zip (python -m inf265.release):
 # notebooks with their solution regions stubbed, harness and self-checks, helpers, README, Makefile.
 # JupyterLab on the project with the venv's Python as kernel (LAB_ARGS="--no-browser --port=8890" ...).
-# check: what students' make check does, on these notebooks: the public self-checks, then each
-# notebook executed (in memory) with the grader's time limit per cell (grading/rubric.toml).
+# check: what students' make check does, on these notebooks: each notebook executed (in memory) with
+# the grader's time limit per cell (grading/rubric.toml); its self-check cells must pass. The hand-out
+# has inf265/executor.py as tools/executor.py: here check.py finds it on PYTHONPATH.
 LAB_ARGS ?=
 .PHONY: release lab check
 
@@ -105,4 +106,4 @@ lab: venv
 
 check: venv
 	@limit=$$($(PY) -m inf265.release --cell-timeout) && \
-	$(PY) release/tools/check.py --timeout "$$limit" backpropagation.ipynb gradient_descent.ipynb
+	PYTHONPATH="$(CURDIR)/inf265" $(PY) release/tools/check.py --timeout "$$limit" backpropagation.ipynb gradient_descent.ipynb

@@ -9,140 +9,27 @@ written back, one right after the other, each file atomically. A failing cell, a
 were, removes the staging folder, and says so in one line (the failing cell's case adds the cell
 and its error). No timing metadata is recorded, so outputs stay comparable by nbval.
 
-:func:`run` is the executor underneath, shared with the grader: it runs an in-memory notebook in
-a kernel and returns ``None`` or a :class:`Failure` (which cell, and why).
+:func:`run` (:mod:`inf265.executor`) is the executor underneath, shared with the grader and the
+students' ``tools/check.py``; it prints each cell as it runs (its number among all cells, its
+first line) and its time when done.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import signal
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
 from . import ROOT
+from .executor import SOURCE_LINES, Failure, Progress, code_cell_number, run  # noqa: F401 - the grader's imports
 from .results import RESULTS, STAGING_ENV, atomic_write_bytes, publish
-
-SOURCE_LINES = 6
-"""How many lines of a failing cell's source a :class:`Failure` keeps."""
-
-# nbclient and jupyter_client log what we report ourselves ("Kernel died while waiting ...").
-_QUIET = logging.getLogger("inf265.execute.nbclient")
-_QUIET.addHandler(logging.NullHandler())
-_QUIET.propagate = False
-
-
-def code_cell_number(nb, cell) -> int | None:
-    """The cell's number among the code cells, from 1, as Jupyter users count them (None if absent)."""
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    return code.index(cell) + 1 if cell in code else None
-
-
-# ----------------------------------------------------------------------------------- the executor
-@dataclass(frozen=True)
-class Failure:
-    """Why a notebook did not run to the end.
-
-    ``kind``: ``"error"`` (a cell raised), ``"timeout"`` (a cell ran longer than ``timeout``
-    seconds), ``"dead"`` (the kernel died: killed, crashed, out of memory) or ``"start"`` (the
-    kernel could not be started). ``cell`` is the code cell's number from 1 (``None`` when no cell
-    was running), ``index`` its index among all cells, ``source`` its first lines.
-    """
-
-    kind: str
-    cell: int | None = None
-    index: int | None = None
-    source: str = ""
-    ename: str = ""
-    evalue: str = ""
-    timeout: float | None = None
-
-    def where(self) -> str:
-        return f"code cell {self.cell} (cell index {self.index})" if self.cell else "before the first cell"
-
-
-class _Client(NotebookClient):
-    """nbclient's client, telling ``on_output`` the size in bytes of each output it receives (and the
-    index of the cell it belongs to), and
-    keeping at most ``keep`` bytes of outputs per cell (``None``: all). Past that the outputs are
-    dropped, with one note saying so: nbclient appends each chunk of a stream to the previous
-    text, so a cell printing without end would otherwise cost quadratic time and unbounded memory."""
-
-    def __init__(self, nb, on_output: Callable[[int, int], None] | None = None, keep: int | None = None, **kw):
-        super().__init__(nb, **kw)
-        self._on_output, self._keep, self._kept = on_output, keep, {}
-
-    def output(self, outs, msg, display_id, cell_index):
-        size = len(json.dumps(msg.get("content", {})).encode("utf-8"))
-        if self._on_output is not None:
-            self._on_output(size, cell_index)
-        if self._keep is not None:
-            kept = self._kept.get(cell_index, 0)
-            self._kept[cell_index] = kept + size
-            if kept + size > self._keep:
-                if kept <= self._keep:
-                    outs.append(nbformat.v4.new_output(
-                        "stream", name="stderr", text=f"[... outputs beyond {self._keep} bytes dropped ...]\n"))
-                return None
-        return super().output(outs, msg, display_id, cell_index)
-
-
-def run(nb, timeout: float | None = 1800, *, kernel: str = "python3", km=None, cwd: Path | None = None,
-        env: dict | None = None, on_start: Callable | None = None, on_output: Callable[[int, int], None] | None = None,
-        keep_output: int | None = None, startup_timeout: float = 60) -> Failure | None:
-    """Execute the notebook ``nb`` (a NotebookNode, filled in place) in a fresh kernel.
-
-    Stops at the first failing cell. ``km``: a kernel manager to use (default: a new one for
-    ``kernel``); ``cwd``/``env``: the kernel's folder and environment; ``on_start(client)`` is
-    called once the kernel is ready, ``on_output(n_bytes, cell_index)`` for every output; ``keep_output``: bytes of
-    outputs kept per cell (default all). The kernel is shut
-    down in every case. Returns ``None`` when every cell ran, else a :class:`Failure`.
-    """
-    resources = {"metadata": {"path": str(cwd)}} if cwd is not None else {}
-    client = _Client(nb, on_output=on_output, keep=keep_output, timeout=timeout, kernel_name=kernel, km=km, log=_QUIET,
-                     record_timing=False, shutdown_kernel="immediate", startup_timeout=startup_timeout,
-                     # ipykernel 7 warns about local TCP on every start; errors still show.
-                     extra_arguments=["--IPKernelApp.log_level=ERROR"], resources=resources)
-    current = {}
-
-    def remember(cell, cell_index, **_):
-        current["cell"], current["index"] = cell, cell_index
-
-    client.on_cell_execute = remember
-    if on_start is not None:
-        client.on_notebook_start = lambda **_: on_start(client)
-    try:
-        client.execute(cleanup_kc=True, **({"env": env} if env is not None else {}))
-    except CellTimeoutError:
-        return _failure(nb, current, "timeout", timeout=timeout)
-    except DeadKernelError as exc:
-        return _failure(nb, current, "dead", evalue=str(exc))
-    except CellExecutionError as exc:
-        return _failure(nb, current, "error", ename=exc.ename, evalue=exc.evalue)
-    except Exception as exc:  # noqa: BLE001 - the kernel did not start, or died while starting
-        return _failure(nb, {}, "start", ename=type(exc).__name__, evalue=str(exc))
-    return None
-
-
-def _failure(nb, current: dict, kind: str, **details) -> Failure:
-    cell = current.get("cell")
-    if cell is None:
-        return Failure(kind, **details)
-    source = "\n".join(cell.source.splitlines()[:SOURCE_LINES])
-    return Failure(kind, code_cell_number(nb, cell), current.get("index"), source, **details)
-
 
 # ----------------------------------------------------------------------------- make run: in place
 class NotebookFailed(RuntimeError):
@@ -217,17 +104,7 @@ def _run_stoppable(nb, signals: _Signals, **kw) -> Failure | None:
 
 
 def _describe(name: str, failure: Failure) -> str:
-    unchanged = f"{name} and its results were left unchanged."
-    if failure.kind == "error":
-        first = failure.source.splitlines()[:3]
-        last = (failure.evalue.strip().splitlines() or [""])[-1]
-        return (f"{name}: {failure.where()} failed:\n    " + "\n    ".join(first) +
-                f"\n  -> {failure.ename}: {last}\n{unchanged}")
-    if failure.kind == "timeout":
-        return f"{name}: {failure.where()} ran longer than {failure.timeout:g} s and was stopped; {unchanged}"
-    if failure.kind == "dead":
-        return f"{name}: the kernel died during {failure.where()} (killed, or out of memory?); {unchanged}"
-    return f"{name}: the kernel could not be started ({failure.ename}: {failure.evalue}); {unchanged}"
+    return f"{name}: {failure.describe()}; {name} and its results were left unchanged."
 
 
 def _tidy(nb):
@@ -246,23 +123,25 @@ def _kernel_env(staging: str) -> dict:
 
 
 def execute(path: Path, timeout: int = 1800, kernel: str = "python3", results: Path = RESULTS,
-            signals: _Signals | None = None) -> None:
+            signals: _Signals | None = None, progress: Progress | None = None) -> None:
     """Execute ``path`` in place; its saved results go to ``results`` (default ``results/``).
 
     Raises :class:`NotebookFailed` (the cell and the error, or a dead kernel) or
     :class:`Interrupted` (SIGINT or SIGTERM, recorded by ``signals``, by default caught here);
-    in both cases the notebook and ``results`` are unchanged.
+    in both cases the notebook and ``results`` are unchanged. ``progress``: each cell's line as it runs.
     """
     if signals is None:
         with _Signals() as signals:
-            return _execute(Path(path), timeout, kernel, Path(results), signals)
-    return _execute(Path(path), timeout, kernel, Path(results), signals)
+            return _execute(Path(path), timeout, kernel, Path(results), signals, progress)
+    return _execute(Path(path), timeout, kernel, Path(results), signals, progress)
 
 
-def _execute(path: Path, timeout: int, kernel: str, results: Path, signals: _Signals) -> None:
+def _execute(path: Path, timeout: int, kernel: str, results: Path, signals: _Signals,
+             progress: Progress | None) -> None:
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory(prefix=f"inf265-results-{path.stem}-") as staging:
         failure = _run_stoppable(nb, signals, timeout=timeout, kernel=kernel, cwd=path.resolve().parent,
+                                 progress=progress,
                                  env=_kernel_env(staging))
         if failure is not None:
             raise NotebookFailed(_describe(path.name, failure))
@@ -288,7 +167,7 @@ def main(argv=None) -> int:
             print(f">> executing {nb.name}", flush=True)
             try:
                 signals.check()
-                execute(nb, timeout=args.timeout, results=results, signals=signals)
+                execute(nb, timeout=args.timeout, results=results, signals=signals, progress=Progress())
             except NotebookFailed as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1

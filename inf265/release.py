@@ -1,26 +1,31 @@
 """The students' hand-out: ``python -m inf265.release [--out DIR]`` (``make release``).
 
-Writes ``DIR/student/`` and ``DIR/inf265-project1-student.zip`` (default ``DIR`` = ``dist/``):
+Writes ``DIR/student/`` and ``DIR/inf265-project1-student.zip`` (default ``DIR`` = ``dist/``), built
+from the reference notebooks with nbgrader's and nbconvert's own preprocessors (the notebook
+mark-up is nbgrader's, so that ``nbgrader generate_assignment`` gives the same notebooks):
 
-* the two notebooks with every solution region replaced by a stub and their outputs cleared;
-* the harness ``tests_backpropagation.py`` and the public self-check ``tests_gradient_descent.py``;
-* the ``inf265`` modules the shipped notebooks and scripts import (found from their imports);
-* ``requirements.txt``, ``environment.yml``, ``tools/ensure-venv.sh``;
-* everything under ``release/`` (the students' README, Makefile and ``tools/check.py``), with
-  ``{{CELL_TIMEOUT}}`` replaced by the grader's time limit per cell (``grading/rubric.toml``,
-  ``[limits] cell_timeout``), so that the students' ``make check`` applies the grader's limit.
+* cells tagged ``reference-only`` are removed (nbconvert's ``TagRemovePreprocessor``);
+* solution cells (cell metadata ``nbgrader: {solution: true, grade_id: ...}``) are cleared by
+  nbgrader's ``ClearSolutions``: each region between ``### BEGIN SOLUTION`` and
+  ``### END SOLUTION`` becomes a stub, a markdown answer "YOUR ANSWER HERE". Text after the BEGIN
+  marker is the stub's message. A region inside code (the body of ``backpropagation``) becomes
+  ``raise NotImplementedError("<message>")``; a region that is the whole cell (a task of
+  gradient_descent.ipynb) becomes a one-line comment ``# <message>`` to write under;
+* a task's further whole cells (``task8-b``, ``task8-c`` after ``task8``) are left out: students get one
+  cell per task to write in (their design, not the reference's cells);
+* outputs are cleared (nbgrader's ``ClearOutput``), pragmas (``# NBVAL_...``, ``# NBDEFS: ...``)
+  are stripped, the kernelspec is ipykernel's; each cell keeps its ``id``.
 
-Solution regions (nbgrader's markers) are lines of a code cell between ::
-
-    ### BEGIN SOLUTION: <what to write, with the section number>
-    ...
-    ### END SOLUTION
-
-indented like the code they enclose. Each is replaced by ``raise NotImplementedError("<message>")``
-at the BEGIN line's indentation; a BEGIN line without a message gets one composed from the
-nearest markdown heading above and the enclosing ``def``/``class``. Nested or unbalanced markers
-are a :class:`RegionError` naming the notebook and the cell. :func:`restore_notebook` puts the
-regions back into a released notebook (the round trip the tests grade).
+The release refuses (:class:`RegionError`, :class:`ReleaseError`, naming the notebook and the cell
+as JupyterLab counts it) a region outside a solution cell, unbalanced markers, a stub that breaks
+the cell's syntax, and instructor-only text in anything that ships (``make test``, ``tests/``,
+``report/``, ...). Only what students use ships: the two notebooks, the harness and the public
+self-check with the modules of this folder they import (found by :mod:`modulefinder`), the
+students' ``requirements.txt`` (the bundle's pins of :data:`STUDENT_PACKAGES`) and everything
+under ``release/`` (README, Makefile, environment.yml, ``tools/check.py``), with
+``tools/executor.py`` (:mod:`inf265.executor`, which ``tools/check.py`` runs notebooks with).
+``{{CELL_TIMEOUT}}`` in ``release/`` files becomes the grader's time limit per cell
+(``grading/rubric.toml``, ``[limits] cell_timeout``).
 
 The build happens in a temporary folder inside ``DIR``; the folder and the zip replace the old
 ones only once both are complete, so an interrupted build leaves the previous release as it was.
@@ -30,10 +35,11 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import modulefinder
 import os
 import re
-import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,23 +49,33 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+from nbconvert.preprocessors import TagRemovePreprocessor
+from nbgrader.preprocessors import ClearOutput, ClearSolutions
 
 from . import ROOT
 
 NOTEBOOKS = ("backpropagation.ipynb", "gradient_descent.ipynb")
-COPIED = ("tests_backpropagation.py", "tests_gradient_descent.py", "requirements.txt", "environment.yml",
-          "tools/ensure-venv.sh")
+SCRIPTS = ("tests_backpropagation.py", "tests_gradient_descent.py")
+"""The harness and the public self-check: shipped with the modules of this folder they import."""
+SHIPPED_MODULES = {"inf265/executor.py": "tools/executor.py"}
+"""Our modules the students' tools import, and where the hand-out has them."""
+STUDENT_PACKAGES = ("torch", "torchvision", "matplotlib", "jupyterlab", "ipykernel", "nbclient", "nbformat")
+"""What students install: the notebooks' libraries, JupyterLab, and what ``tools/check.py`` runs notebooks with."""
+REFERENCE_ONLY = "reference-only"
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 TEMPLATES = ROOT / "release"
 RUBRIC = ROOT / "grading" / "rubric.toml"
 DIST = ROOT / "dist"
 FOLDER, ZIP_NAME, ZIP_TOP = "student", "inf265-project1-student.zip", "inf265-project1"
 PLACEHOLDER = re.compile(r"\{\{([A-Z_]+)\}\}")
-ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed, so that the same sources give the same zip
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION\b(?P<rest>.*)$")
-END = re.compile(r"^(?P<indent>[ \t]*)### END SOLUTION\s*$")
-_ENCLOSING = re.compile(r"^(?P<indent>[ \t]*)(?:async\s+)?(?P<kind>def|class)\s+(?P<name>\w+)")
-_HEADING = re.compile(r"^#{1,6}\s+(?P<text>.+?)\s*#*\s*$")
+END = re.compile(r"^(?P<indent>[ \t]*)### END SOLUTION\b.*$")
+PRAGMA = re.compile(r"^[ \t]*# *(NBVAL_[A-Z_]+|NBDEFS:.*)[ \t]*$")
+INSTRUCTOR_ONLY = re.compile(r"\bmake (test|release|grade|report|bench|gradescope)\b|(?<![\w.])(tests|grading|report|"
+                             r"results|inf265|bench|dist)/|\binf265\.\w|report\.typ|\bhand-?out\b|\bNBVAL_|\bNBDEFS\b|"
+                             r"reference (solution|notebook)")
+"""Text that speaks of our tools, folders or the reference: it never ships."""
 
 
 class RegionError(ValueError):
@@ -71,94 +87,106 @@ class ReleaseError(RuntimeError):
 
 
 # ============================================================================================
-# solution regions
+# solution regions and cells
 # ============================================================================================
 @dataclass(frozen=True)
 class Region:
-    """Lines ``start``..``end`` (the BEGIN and END markers) of code cell ``cell`` (index among all cells)."""
+    """Lines ``start``..``end`` (the BEGIN and END markers) of cell ``cell`` (index among all cells)."""
 
     cell: int
     start: int
     end: int
     indent: str
     message: str
+    whole_cell: bool
 
     def stub(self) -> str:
-        return f"{self.indent}raise NotImplementedError({self.message!r})"
+        """A comment to write under for a whole cell, else ``raise NotImplementedError(message)``."""
+        if self.whole_cell:
+            return f"# {self.message or 'YOUR CODE HERE'}"
+        return f"raise NotImplementedError({self.message!r})" if self.message else "raise NotImplementedError()"
 
 
-def _where(name: str, nb, index: int, line: int | None = None) -> str:
-    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    text = f"{name}, code cell {code.index(index) + 1} (cell index {index})"
+def where(name: str, nb, index: int, line: int | None = None) -> str:
+    """A cell as JupyterLab counts it: its number among all cells from the top (and a line of it)."""
+    first = next((x.strip() for x in nb.cells[index].source.splitlines() if x.strip()), "")
+    text = f"{name}, cell {index + 1} (`{first[:50]}`)"
     return text + (f", line {line + 1}" if line is not None else "")
 
 
-def _marked_spans(lines: list[str], where) -> list[tuple[int, int, str, str]]:
+def _marked_spans(lines: list[str], at) -> list[tuple[int, int, str, str]]:
     """(BEGIN line, END line, indent, message or "") of each region of one cell's lines."""
     spans, begin = [], None
     for number, line in enumerate(lines):
         opening, closing = BEGIN.match(line), END.match(line)
         if opening and begin is not None:
-            raise RegionError(f"{where(number)}: BEGIN SOLUTION inside the region opened on line {begin[0] + 1}; "
+            raise RegionError(f"{at(number)}: BEGIN SOLUTION inside the region opened on line {begin[0] + 1}; "
                               "regions cannot be nested: close the first one with ### END SOLUTION")
         if opening:
             begin = (number, opening["indent"], opening["rest"].strip().removeprefix(":").strip())
         elif closing and begin is None:
-            raise RegionError(f"{where(number)}: END SOLUTION without a BEGIN SOLUTION above it in this cell")
+            raise RegionError(f"{at(number)}: END SOLUTION without a BEGIN SOLUTION above it in this cell")
         elif closing:
             if closing["indent"] != begin[1]:
-                raise RegionError(f"{where(number)}: END SOLUTION is not indented like its BEGIN SOLUTION "
+                raise RegionError(f"{at(number)}: END SOLUTION is not indented like its BEGIN SOLUTION "
                                   f"(line {begin[0] + 1}); indent both markers like the code they enclose")
             spans.append((begin[0], number, begin[1], begin[2]))
             begin = None
     if begin is not None:
-        raise RegionError(f"{where(begin[0])}: BEGIN SOLUTION without ### END SOLUTION in the same cell")
+        raise RegionError(f"{at(begin[0])}: BEGIN SOLUTION without ### END SOLUTION in the same cell")
     return spans
 
 
-def _heading_above(nb, index: int) -> str | None:
-    for cell in reversed(nb.cells[:index]):
-        if cell.cell_type == "markdown":
-            headings = [m["text"] for m in map(_HEADING.match, cell.source.splitlines()) if m]
-            if headings:
-                return headings[-1]
-    return None
+def is_solution(cell) -> bool:
+    """A cell students write in: nbgrader's cell metadata ``solution: true``."""
+    return bool(cell.get("metadata", {}).get("nbgrader", {}).get("solution", False))
 
 
-def _enclosing(lines: list[str], start: int, indent: str) -> str | None:
-    for line in reversed(lines[:start]):
-        match = _ENCLOSING.match(line)
-        if match and len(match["indent"]) < len(indent):
-            return f"{match['name']}()" if match["kind"] == "def" else f"class {match['name']}"
-    return None
-
-
-def _composed_message(name: str, nb, index: int, lines: list[str], start: int, indent: str) -> str:
-    heading, enclosing = _heading_above(nb, index), _enclosing(lines, start, indent)
-    section = f"section {heading}" if heading else f"code cell {index}"
-    what = f"the missing part of {enclosing}" if enclosing else "the missing code of this cell"
-    return f"{name}, {section}: write {what}"
+def grade_id(cell) -> str | None:
+    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
 
 
 def regions(nb, name: str) -> list[Region]:
-    """Every solution region of the notebook, in order (``name`` is used in messages)."""
-    found = []
+    """Every solution region of the notebook, in order (``name`` is used in messages).
+
+    Raises :class:`RegionError` for markers outside a solution cell, unbalanced or nested markers,
+    and solution cells without a unique grade_id.
+    """
+    found, ids = [], {}
     for index, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
         lines = cell.source.splitlines()
-        for start, end, indent, message in _marked_spans(lines, lambda n: _where(name, nb, index, n)):
-            message = message or _composed_message(name, nb, index, lines, start, indent)
-            found.append(Region(index, start, end, indent, message))
+        spans = _marked_spans(lines, lambda n: where(name, nb, index, n))
+        if is_solution(cell):
+            gid = grade_id(cell)
+            if not gid or gid in ids:
+                raise RegionError(f"{where(name, nb, index)}: a solution cell needs its own nbgrader grade_id "
+                                  + (f"(also used by cell {ids[gid] + 1})" if gid else "(none given)"))
+            ids[gid] = index
+        elif spans:
+            raise RegionError(f"{where(name, nb, index, spans[0][0])}: a solution region outside a solution cell: "
+                              "give the cell nbgrader's metadata (nbgrader: {solution: true, grade_id: ...})")
+        inside = {n for start, end, *_ in spans for n in range(start, end + 1)}
+        rest = [x for n, x in enumerate(lines) if n not in inside and x.strip() and not x.lstrip().startswith("#")]
+        found += [Region(index, start, end, indent, message, whole_cell=cell.cell_type == "code" and not rest)
+                  for start, end, indent, message in spans]
     return found
 
 
-def _stub_source(source: str, cell_regions: list[Region]) -> str:
-    lines = source.splitlines(keepends=True)
-    for region in reversed(cell_regions):
-        ending = lines[region.end][len(lines[region.end].rstrip("\r\n")):]
-        lines[region.start:region.end + 1] = [region.stub() + ending]
-    return "".join(lines)
+def solution_lines(nb, name: str) -> set[str]:
+    """The stripped, non-blank lines of the solutions (regions, and solution cells without a region)
+    that appear nowhere else in the notebook's given cells."""
+    inside, outside = set(), set()
+    marked = {r.cell: [] for r in regions(nb, name)}
+    for r in regions(nb, name):
+        marked[r.cell].append((r.start, r.end))
+    for index, cell in enumerate(nb.cells):
+        spans = marked.get(index, [(-1, len(cell.source.splitlines()))] if is_solution(cell) else [])
+        for number, line in enumerate(cell.source.splitlines()):
+            within = any(start < number < end for start, end in spans)
+            marker = any(number in (start, end) for start, end in spans)
+            if line.strip() and not marker and not PRAGMA.match(line):
+                (inside if within else outside).add(line.strip())
+    return inside - outside
 
 
 def _parses(source: str) -> bool:
@@ -173,62 +201,85 @@ def _without_magics(source: str) -> str:
     return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
 
 
+def _strip_pragmas(source: str) -> str:
+    return "".join(x for x in source.splitlines(keepends=True) if not PRAGMA.match(x))
+
+
+def _cleared(cell, cell_regions: list[Region], index: int) -> str:
+    """The cell's source through nbgrader's ClearSolutions, each region with its own stub: the source is
+    cut after each region's END line, and each piece (one region in it) is cleared with that region's stub."""
+    if not cell_regions:  # a solution cell without markers: nbgrader replaces it whole
+        pieces, stubs = [cell.source], ["# YOUR CODE HERE"]
+    else:
+        lines, cuts = cell.source.split("\n"), [0] + [r.end + 1 for r in cell_regions]
+        cuts[-1] = len(lines)
+        pieces = ["\n".join(lines[a:b]) for a, b in zip(cuts, cuts[1:])]
+        stubs = [r.stub() for r in cell_regions]
+    cleared = []
+    for piece, stub in zip(pieces, stubs):
+        part = copy.deepcopy(cell)
+        part.source = piece
+        ClearSolutions(code_stub={"python": stub}).preprocess_cell(part, {"language": "python"}, index)
+        cleared.append(part.source)
+    return "\n".join(cleared)
+
+
 def release_notebook(nb, name: str):
-    """A copy of ``nb`` for students: each region stubbed, outputs and execution counts cleared."""
-    found = regions(nb, name)
+    """A copy of ``nb`` for students (see the module's docstring); cell ids kept."""
+    found = regions(nb, name)  # validates the mark-up first, with our messages
     out = copy.deepcopy(nb)
+    tasks = set()
     for index, cell in enumerate(out.cells):
-        cell.metadata.pop("execution", None)
-        if cell.cell_type != "code":
-            continue
-        source = _stub_source(cell.source, [r for r in found if r.cell == index])
-        if _parses(cell.source) and not _parses(source):
-            raise RegionError(f"{_where(name, nb, index)}: the cell is not valid Python once its regions are "
-                              "stubbed; put the markers around whole statements")
-        cell.source, cell.outputs, cell.execution_count = source, [], None
-    out.metadata.pop("widgets", None)
-    return out
-
-
-def restore_notebook(released, reference, name: str):
-    """``released`` with the reference's solution regions put back in place of their stubs, in order.
-
-    Raises :class:`RegionError` when a stub of the reference is missing from ``released``.
-    """
-    todo = []
-    for region in regions(reference, name):
-        lines = reference.cells[region.cell].source.splitlines(keepends=True)[region.start:region.end + 1]
-        todo.append((region.stub(), "".join(lines).rstrip("\r\n")))
-    out, k = copy.deepcopy(released), 0
+        whole = any(r.cell == index and r.whole_cell for r in found)
+        whole = whole and REFERENCE_ONLY not in cell.metadata.get("tags", [])
+        task = (grade_id(cell) or "").split("-")[0]
+        if whole and task in tasks:  # one cell to write in per task: the others go with the reference's cells
+            cell.metadata["tags"] = [*cell.metadata.get("tags", []), REFERENCE_ONLY]
+        tasks.update([task] if whole else [])
+        if is_solution(cell):
+            original = cell.source
+            cell.source = _cleared(cell, [r for r in found if r.cell == index], index)
+            if cell.cell_type == "code" and _parses(original) and not _parses(cell.source):
+                raise RegionError(f"{where(name, nb, index)}: the cell is not valid Python once its regions are "
+                                  "stubbed; put the markers around whole statements")
+    out, _ = TagRemovePreprocessor(remove_cell_tags={REFERENCE_ONLY}).preprocess(out, {})
+    out, _ = ClearOutput().preprocess(out, {})
     for cell in out.cells:
-        if cell.cell_type != "code":
-            continue
-        lines = cell.source.splitlines(keepends=True)
-        for i, line in enumerate(lines):
-            if k < len(todo) and line.rstrip("\r\n") == todo[k][0]:
-                lines[i] = todo[k][1] + line[len(line.rstrip("\r\n")):]
-                k += 1
-        cell.source = "".join(lines)
-    if k < len(todo):
-        raise RegionError(f"{name}: the stub `{todo[k][0].strip()}` (region {k + 1} of {len(todo)}) is not in the "
-                          "released notebook, in order; was the notebook edited?")
+        cell.metadata.pop("execution", None)
+        if cell.cell_type == "code":
+            cell.source = _strip_pragmas(cell.source)
+    out.metadata.pop("widgets", None)
+    out.metadata["kernelspec"] = dict(KERNELSPEC)
+    _refuse_instructor_text(out, name)
     return out
 
 
-def solution_lines(nb, name: str) -> set[str]:
-    """The stripped, non-blank lines of the regions that appear nowhere else in the notebook's code."""
-    inside, outside = set(), set()
+def _refuse_instructor_text(nb, name: str) -> None:
     for index, cell in enumerate(nb.cells):
-        if cell.cell_type != "code":
-            continue
-        lines = cell.source.splitlines()
-        spans = [(r.start, r.end) for r in regions(nb, name) if r.cell == index]
-        for number, line in enumerate(lines):
-            within = any(start < number < end for start, end in spans)
-            marker = any(number in (start, end) for start, end in spans)
-            if line.strip() and not marker:
-                (inside if within else outside).add(line.strip())
-    return inside - outside
+        for number, line in enumerate(cell.source.splitlines()):
+            found = INSTRUCTOR_ONLY.search(line)
+            if found:
+                raise ReleaseError(f"{where(name, nb, index, number)} of the hand-out says `{found[0]}`, which is "
+                                   "ours, not the students': tag the cell reference-only, or reword it")
+
+
+def fill(released, answers: dict[str, str], name: str):
+    """``released`` with the source of each solution cell named in ``answers`` (by grade_id) replaced by
+    its answer (a student's work, or the reference's cells); the other cells are left as they are."""
+    out = copy.deepcopy(released)
+    cells = {grade_id(c): c for c in out.cells if is_solution(c)}
+    unknown = sorted(set(answers) - set(cells))
+    if unknown:
+        raise RegionError(f"{name}: answers for cells the hand-out does not have: {', '.join(unknown)} "
+                          f"(its solution cells: {', '.join(cells)})")
+    for gid, answer in answers.items():
+        cells[gid].source = answer
+    return out
+
+
+def reference_answers(nb) -> dict[str, str]:
+    """The reference's solution cells by grade_id (what :func:`fill` puts back for a round trip)."""
+    return {grade_id(c): c.source for c in nb.cells if is_solution(c)}
 
 
 # ============================================================================================
@@ -250,50 +301,37 @@ def cell_timeout(rubric: Path | None = None) -> float:
     return value
 
 
-def _imported_modules(source: str) -> set[str]:
-    """Dotted names of the modules ``source`` imports (``from a import b`` gives ``a`` and ``a.b``)."""
-    names = set()
-    for node in ast.walk(ast.parse(_without_magics(source))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
+def local_modules(scripts: list[Path], root: Path = ROOT) -> list[str]:
+    """The files (relative to ``root``) of the modules of ``root`` that ``scripts`` import, transitively,
+    as the standard library's :mod:`modulefinder` finds them (libraries are not searched)."""
+    finder = modulefinder.ModuleFinder(path=[str(root)])
+    for script in scripts:
+        finder.run_script(str(script))
+    files = {Path(m.__file__).resolve() for name, m in finder.modules.items() if name != "__main__" and m.__file__}
+    return sorted(f.relative_to(root.resolve()).as_posix() for f in files if f.is_relative_to(root.resolve()))
 
 
-def _package_imports(path: Path) -> set[str]:
-    """Modules of the ``inf265`` package that ``path`` (a module of it) imports, relative imports included."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            base = f"inf265.{node.module}" if node.module else "inf265"
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names | _imported_modules(path.read_text(encoding="utf-8"))
+def _pins(requirements: Path | None = None) -> dict[str, str]:
+    """``name: "name==version"`` of every package ``requirements`` (default the bundle's) pins."""
+    requirements = requirements or ROOT / "requirements.txt"
+    pins = {}
+    for line in requirements.read_text(encoding="utf-8").splitlines():
+        found = re.match(r"^([A-Za-z0-9_.-]+)\s*==", line)
+        if found:
+            pins[found[1].lower()] = line.split(";")[0].split("#")[0].strip()
+    return pins
 
 
-def _module_file(name: str, root: Path) -> Path | None:
-    if name != "inf265" and not name.startswith("inf265."):
-        return None
-    parts = name.split(".")
-    path = root.joinpath(*parts[:-1], parts[-1] + ".py") if len(parts) > 1 else root / "inf265" / "__init__.py"
-    return path if path.is_file() else None
-
-
-def needed_modules(sources: list[str], root: Path = ROOT) -> list[str]:
-    """The files (relative to ``root``) of the ``inf265`` modules ``sources`` import, transitively."""
-    todo = [name for source in sources for name in _imported_modules(source)]
-    files: set[Path] = set()
-    while todo:
-        path = _module_file(todo.pop(), root)
-        if path is None or path in files:
-            continue
-        files.add(path)
-        todo.extend(_package_imports(path))
-    if files:
-        files.add(root / "inf265" / "__init__.py")
-    return sorted(str(p.relative_to(root)) for p in files)
+def student_requirements(requirements: Path | None = None) -> str:
+    """The students' requirements.txt: the bundle's pins of :data:`STUDENT_PACKAGES`, nothing else."""
+    pins = _pins(requirements)
+    missing = [name for name in STUDENT_PACKAGES if name not in pins]
+    if missing:
+        raise ReleaseError(f"requirements.txt pins no {', '.join(missing)}: the students' requirements take "
+                           "their versions from it")
+    return ("# The Python packages of the project (Python 3.11), with the versions the course tested.\n"
+            "# Install them into a virtual environment: see README.md.\n" +
+            "".join(f"{pins[name]}\n" for name in STUDENT_PACKAGES))
 
 
 def _render(text: str, values: dict, name: str) -> str:
@@ -306,47 +344,75 @@ def _render(text: str, values: dict, name: str) -> str:
 
 def _templates() -> list[Path]:
     if not TEMPLATES.is_dir():
-        raise ReleaseError(f"{TEMPLATES} not found: it holds the students' README, Makefile and tools/check.py")
+        raise ReleaseError(f"{TEMPLATES.name}/ not found: it holds the students' README, Makefile and tools/check.py")
     return sorted(p for p in TEMPLATES.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
 
-def _copy(source: Path, target: Path) -> None:
-    if not source.is_file():
-        raise ReleaseError(f"{source.relative_to(ROOT)} not found: the release ships it")
+def _write(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    shutil.copymode(source, target)
+    target.write_bytes(data)
+    target.chmod(0o644)
+
+
+def _source(name: str) -> bytes:
+    path = ROOT / name
+    if not path.is_file():
+        raise ReleaseError(f"{name} not found: the release ships it")
+    return path.read_bytes()
 
 
 def write_tree(target: Path) -> dict[str, int]:
-    """Write the hand-out into the empty folder ``target``; the number of stubs per notebook."""
-    stubs, sources = {}, []
-    for name in NOTEBOOKS:
-        nb = nbformat.read(ROOT / name, as_version=4)
-        stubs[name] = len(regions(nb, name))
-        released = release_notebook(nb, name)
-        nbformat.write(released, target / name)
-        sources += [c.source for c in released.cells if c.cell_type == "code"]
-    for name in COPIED:
-        _copy(ROOT / name, target / name)
-    values = {"CELL_TIMEOUT": f"{cell_timeout():g}"}
+    """Write the hand-out into the empty folder ``target``; the number of solution cells per notebook."""
+    stubs = {}
+    with tempfile.TemporaryDirectory(prefix="inf265-release-") as tmp:
+        scripts = [ROOT / name for name in SCRIPTS]
+        for name in NOTEBOOKS:
+            nb = nbformat.read(ROOT / name, as_version=4)
+            released = release_notebook(nb, name)
+            stubs[name] = sum(map(is_solution, released.cells))
+            _write(target / name, nbformat.writes(released).encode("utf-8") + b"\n")
+            code = Path(tmp) / f"{Path(name).stem}_code.py"
+            code.write_text("\n".join(_without_magics(c.source) for c in released.cells if c.cell_type == "code"))
+            scripts.append(code)
+        shipped = local_modules(scripts)
+    ours = [name for name in shipped if "/" in name]
+    if ours:
+        raise ReleaseError(f"the notebooks or the harness import {', '.join(ours)}, which students do not get: tag "
+                           f"the importing cells {REFERENCE_ONLY}, or put what they need into the cells")
+    for name in shipped:
+        _write(target / name, _source(name))
+    for name, where_to in SHIPPED_MODULES.items():
+        _write(target / where_to, _source(name))
+    _write(target / "requirements.txt", student_requirements().encode("utf-8"))
+    pins = _pins()
+    values = {"CELL_TIMEOUT": f"{cell_timeout():g}", "TORCH_PIN": pins["torch"], "TORCHVISION_PIN": pins["torchvision"]}
     for template in _templates():
-        name = str(template.relative_to(TEMPLATES))
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        (target / name).write_text(_render(template.read_text(encoding="utf-8"), values, name), encoding="utf-8")
-        shutil.copymode(template, target / name)
-    sources += [p.read_text(encoding="utf-8") for p in sorted(target.rglob("*.py"))]
-    for name in needed_modules(sources):
-        _copy(ROOT / name, target / name)
+        name = template.relative_to(TEMPLATES).as_posix()
+        _write(target / name, _render(template.read_text(encoding="utf-8"), values, name).encode("utf-8"))
     return stubs
 
 
+def build_date() -> tuple[int, int, int, int, int, int]:
+    """The date of every zip entry: $SOURCE_DATE_EPOCH, else the last commit's date, else 1980-01-01."""
+    stamp = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not stamp:
+        try:
+            stamp = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True, text=True,
+                                   timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            stamp = ""
+    if not stamp.isdigit():
+        return (1980, 1, 1, 0, 0, 0)
+    return max(time.gmtime(int(stamp))[:6], (1980, 1, 1, 0, 0, 0))
+
+
 def write_zip(folder: Path, path: Path) -> None:
-    """``folder`` as a zip under ``ZIP_TOP/``, entries sorted, fixed dates, file modes kept."""
+    """``folder`` as a zip under ``ZIP_TOP/``: entries sorted, all with the build's date and mode 0644."""
+    date = build_date()
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-            info = zipfile.ZipInfo(f"{ZIP_TOP}/{file.relative_to(folder).as_posix()}", ZIP_DATE)
-            info.external_attr = (0o100000 | (0o755 if os.access(file, os.X_OK) else 0o644)) << 16
+            info = zipfile.ZipInfo(f"{ZIP_TOP}/{file.relative_to(folder).as_posix()}", date)
+            info.external_attr = (0o100000 | 0o644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, file.read_bytes())
 
@@ -396,7 +462,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     out = args.out.resolve()
-    counts = ", ".join(f"{name} {n} stub{'s' * (n != 1)}" for name, n in stubs.items())
+    counts = ", ".join(f"{name} {n} solution cell{'s' * (n != 1)}" for name, n in stubs.items())
     print(f"wrote {out / FOLDER}/ and {out / ZIP_NAME} in {time.perf_counter() - start:.1f} s ({counts})")
     return 0
 

@@ -3,6 +3,7 @@ one clear line when interrupted or when the kernel dies, and the executor the gr
 import json
 import os
 import signal
+import re
 import subprocess
 import sys
 import tempfile
@@ -95,7 +96,7 @@ def test_failure_leaves_notebook_and_results_untouched_and_names_the_cell(tmp_pa
     with pytest.raises(NotebookFailed) as err:
         execute(path, results=results)
     msg = str(err.value)
-    assert "code cell 3" in msg and "ValueError: boom in cell three" in msg
+    assert "cell 3 (`raise ValueError('boom in cell three')`) raised ValueError: boom in cell three" in msg
     assert "bad.ipynb and its results were left unchanged" in msg
     assert path.read_bytes() == before and _snapshot(results) == old
     assert not list(tmp_path.glob("*.tmp")) and not list(private_tmp.iterdir())
@@ -107,7 +108,8 @@ def test_cli_reports_failure_with_exit_code(tmp_path, private_tmp):
     proc = subprocess.run([sys.executable, "-m", "inf265.execute", "--results", str(tmp_path / "results"), str(path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
-    assert "code cell 1" in proc.stderr and "ZeroDivisionError" in proc.stderr
+    assert "cell 1 (`1 / 0`) raised ZeroDivisionError" in proc.stderr
+    assert re.search(r"^  cell 1/1  1 / 0  \d+\.\d s  error$", proc.stdout, re.M), proc.stdout  # progress line
     assert path.read_bytes() == before and not (tmp_path / "results").exists()
 
 
@@ -153,7 +155,9 @@ def _assert_left_unchanged(proc, status, words, path, results, before, private_t
     assert len(lines) == 1, f"expected one line, got:\n{err}"
     assert all(w in lines[0] for w in words) and "slow.ipynb and its results were left unchanged" in lines[0]
     assert "Traceback" not in out + err
-    assert out.strip() == ">> executing slow.ipynb"
+    # make run's progress: the notebook, then each cell as it ran, the stopped one last
+    assert out.splitlines()[0] == ">> executing slow.ipynb" and len(out.splitlines()) == 3, out
+    assert re.match(r"  cell 2/3  pathlib\.Path\(.* \d+\.\d s  stopped$", out.splitlines()[-1]), out
     assert path.read_bytes() == before["notebook"]
     assert _snapshot(results) == before["results"]
     assert not list(private_tmp.iterdir()), "staging folder left behind"
@@ -171,7 +175,7 @@ def test_interrupted_run_says_so_in_one_line_and_changes_nothing(tmp_path, priva
 def test_killed_kernel_says_so_in_one_line_and_changes_nothing(tmp_path, private_tmp):
     proc, kernel, path, results, before = _start_slow_run(tmp_path)
     os.kill(kernel, signal.SIGKILL)  # e.g. the out-of-memory killer
-    _assert_left_unchanged(proc, 1, ["kernel died", "code cell 2"], path, results, before, private_tmp)
+    _assert_left_unchanged(proc, 1, ["kernel died", "cell 2 (`pathlib.Path("], path, results, before, private_tmp)
 
 
 # ------------------------------------------------------------------- the executor (and grader's)
@@ -190,3 +194,19 @@ def test_run_returns_the_failure_kind_cell_and_error(tmp_path):
 def test_run_stops_a_cell_at_the_time_limit(tmp_path):
     failure = run(_notebook("pass", "import time\ntime.sleep(30)"), timeout=2, cwd=tmp_path)
     assert (failure.kind, failure.cell, failure.timeout) == ("timeout", 2, 2)
+
+
+def test_a_failure_names_the_cell_as_jupyterlab_counts_it_and_the_harness_cause_line(tmp_path):
+    """Cells are numbered among all cells (markdown included) from the top; the message's line to act on
+    is the harness's cause line, not its last line."""
+    error = ("backpropagation failed 1 of 7 checks (MyNet([2, 3, 2])):\n"
+             "- matches autograd: fc[2].weight is wrong; likely cause: off by a factor 2 (too small)\n"
+             "    sample 4, point 1: fc[1].weight 8.42e-01")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), nbformat.v4.new_code_cell("x = 1"),
+                                         nbformat.v4.new_markdown_cell("text"),
+                                         nbformat.v4.new_code_cell(f"# the test\nraise AssertionError({error!r})")])
+    failure = run(nb, timeout=60, cwd=tmp_path)
+    assert (failure.cell, failure.index) == (2, 3)
+    where, _, why = failure.describe().partition("`) raised ")
+    assert where.startswith("cell 4 (`raise AssertionError('backpropagation failed") and where.endswith("...")
+    assert why == "AssertionError: matches autograd: fc[2].weight is wrong; likely cause: off by a factor 2 (too small)"

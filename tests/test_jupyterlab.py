@@ -135,6 +135,11 @@ def test_make_lab_serves_the_project_and_runs_a_notebook_cell_with_the_venv(wher
         assert lab.api("/lab")[0] == 200
         status, specs = lab.api("/api/kernelspecs")
         assert specs["default"] == "python3" and "python3" in specs["kernelspecs"]
+        if where == "hand-out":  # JupyterLab opens them unmodified: their kernelspec is the one it would write
+            shown = specs["kernelspecs"]["python3"]["spec"]["display_name"]
+            for name in release.NOTEBOOKS:
+                spec = nbformat.read(folder / name, as_version=4).metadata.kernelspec
+                assert (spec.name, spec.display_name, spec.language) == ("python3", shown, "python"), (name, spec)
         status, content = lab.api("/api/contents/backpropagation.ipynb?content=0")
         assert status == 200 and content["type"] == "notebook"  # the server's root is the project
         status, session = lab.api("/api/sessions", "POST", {"path": "backpropagation.ipynb", "type": "notebook",
@@ -155,7 +160,8 @@ def test_make_lab_serves_the_project_and_runs_a_notebook_cell_with_the_venv(wher
         prefix, cwd, data_dir, dtype = facts["stdout"].split("\n")[:4]
         assert Path(prefix).resolve() == VENV.resolve()            # the venv's Python is the kernel
         assert Path(cwd).resolve() == folder.resolve()             # notebooks run in the project folder
-        assert data_dir == os.environ.get("DATA_DIR", "data")      # make's DATA_DIR reaches the notebooks
+        # DATA_DIR reaches the notebooks (the bundle's make sets data/ by default; the hand-out's passes it on)
+        assert data_dir == os.environ.get("DATA_DIR", "data" if where == "bundle" else "None")
         assert dtype == "torch.float64"                            # the notebook's first cell did run
         assert lab.api(f"/api/sessions/{session['id']}", "DELETE")[0] == 204
     finally:

@@ -1,15 +1,17 @@
-"""Check your notebooks before handing them in: ``make check``.
+"""Check your notebooks before handing them in (``make check``), or run them in place (``make run``).
 
-    python tools/check.py --timeout SECONDS [NOTEBOOK ...]     (from the project folder)
+    python tools/check.py [--timeout SECONDS] [--save] [NOTEBOOK ...]     (from the project folder)
 
-1. The public self-checks, on the functions your notebooks define (read from the notebooks
-   without running their other cells): ``tests_backpropagation.main_test`` on ``backpropagation``
-   (toy data) and ``tests_gradient_descent.main_test`` on ``train_manual_update``.
-2. Each notebook run top to bottom in a fresh kernel, as the grader runs it: every cell must end
-   within SECONDS, the grader's limit per cell. The notebooks run in memory: your files and
-   results/ are left as they are.
+Each notebook runs top to bottom in a fresh kernel, as the grader runs it: every cell must end
+within SECONDS, the grader's limit per cell. Each cell is shown as it runs (its number among all
+cells, counted from the top as in JupyterLab, and its first line) with its time when done. The
+notebooks' own test cells are the public self-checks (``tests_backpropagation.main_test`` on your
+``backpropagation``, ``tests_gradient_descent.main_test`` on your ``train_manual_update``): they
+must have run and passed. Without ``--save`` your files are not changed; with it, each notebook
+that ran to the end is saved with its outputs (what you hand in).
 
-Exit status 0 when everything passed, 1 otherwise. The grader runs more checks than these.
+Exit status 0 when everything passed, 1 otherwise; the last line says which, or names the first
+problem: the notebook, the cell and the error's line to act on. The grader runs more checks.
 """
 from __future__ import annotations
 
@@ -21,116 +23,75 @@ import tempfile
 import time
 from pathlib import Path
 
-FOLDER = Path.cwd()
-sys.path.insert(0, str(FOLDER))  # the project's inf265 and tests_*.py, as the notebooks import them
+import nbformat
 
-import nbformat  # noqa: E402
-import torch  # noqa: E402
-
-from inf265.execute import run  # noqa: E402
-from inf265.nbdefs import load_needed  # noqa: E402
-from inf265.results import STAGING_ENV  # noqa: E402
+from executor import Progress, run  # tools/executor.py, beside this file
 
 NOTEBOOKS = ("backpropagation.ipynb", "gradient_descent.ipynb")
+GRADERS_LIMIT = "{{CELL_TIMEOUT}}"  # seconds per cell: the grader's limit
+TIMEOUT = float(GRADERS_LIMIT) if GRADERS_LIMIT[0].isdigit() else None  # None: --timeout is required
+#: notebook -> (what its self-check prints when it passes, how many times at least, what it is)
+SELF_CHECKS = {"backpropagation.ipynb": ("ALL TESTS PASSED", 2, "the course's tests of backpropagation (toy, MNIST)"),
+               "gradient_descent.ipynb": ("public checks passed", 1, "the public self-check of train_manual_update")}
 
 
-def check_backpropagation(defs) -> None:
-    from tests_backpropagation import main_test
-    model = defs.MyNet([2, 3, 2])
-    try:  # a stub still there says so itself, before the harness reports every check as failed
-        defs.backpropagation(model, torch.zeros(1, 2), model(torch.zeros(1, 2)).detach())
-    except NotImplementedError:
-        raise
-    except Exception:  # noqa: BLE001 - any other problem: the harness's report says what it is
-        pass
-    main_test(defs.backpropagation, model, data="toy")
+def _printed(nb) -> str:
+    texts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            texts.append(output.get("text", "") or str(output.get("data", {}).get("text/plain", "")))
+    return "\n".join(texts)
 
 
-def check_gradient_descent(defs) -> None:
-    from tests_gradient_descent import main_test
-    main_test(defs.train_manual_update)
-
-
-#: notebook -> (the names its self-check needs, the self-check)
-SELF_CHECKS = {"backpropagation.ipynb": (("MyNet", "backpropagation"), check_backpropagation),
-               "gradient_descent.ipynb": (("train_manual_update",), check_gradient_descent)}
-
-
-def self_check(path: Path) -> str | None:
-    """Run the notebook's public self-check; None when it passed, else what went wrong."""
-    wanted, check = SELF_CHECKS[path.name]
-    defs = load_needed(path, wanted, name=f"check_{path.stem}")
-    missing = [name for name in wanted if not hasattr(defs, name)]
-    if missing:
-        why = "; ".join(f"code cell {s['cell']}: {s['error']}" for s in defs.__nbdefs_skipped__[:3])
-        return f"{path.name} defines no {', '.join(missing)}" + (f" ({why})" if why else "")
-    dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # as the notebooks do (section 3.3 of the project text)
-    try:
-        check(defs)
-    except NotImplementedError as exc:
-        return f"not written yet: {exc}"
-    except AssertionError:
-        return "a check FAILED (see the FAILED lines above)"
-    except Exception as exc:  # noqa: BLE001 - the student's code may raise anything
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        torch.set_default_dtype(dtype)
-    return None
-
-
-def execute(path: Path, timeout: float) -> str | None:
-    """Run the notebook top to bottom with ``timeout`` seconds per cell; None when every cell ran."""
+def check(path: Path, timeout: float, save: bool) -> str | None:
+    """Run the notebook; None when every cell ran and its self-check passed, else the problem in one line."""
     nb = nbformat.read(path, as_version=4)
-    with tempfile.TemporaryDirectory(prefix="inf265-check-") as staging:  # its results files: discarded
-        failure = run(nb, timeout=math.ceil(timeout), cwd=FOLDER,  # (nbclient counts whole seconds)
-                      env={**os.environ, STAGING_ENV: staging})
-    if failure is None:
-        return None
-    if failure.kind == "timeout":
-        return (f"{failure.where()} ran longer than {timeout:g} s, the grader's limit per cell: the grader "
-                "stops it there too; make that cell faster (fewer epochs or configurations per cell)")
-    if failure.kind == "error":
-        last = (failure.evalue.strip().splitlines() or [""])[-1]
-        code = [line for line in failure.source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-        shown = f" (`{code[0].strip()}`)" if code else ""
-        return f"{failure.where()}{shown} raised {failure.ename}: {last}"
-    if failure.kind == "dead":
-        return f"the kernel died during {failure.where()} (out of memory?)"
-    return f"the kernel could not start ({failure.ename}: {failure.evalue})"
+    failure = run(nb, timeout=math.ceil(timeout), cwd=path.parent, progress=Progress())  # nbclient: whole seconds
+    if failure is not None:
+        problem = failure.describe()
+        if failure.kind == "timeout":
+            problem += f" (the grader's limit per cell is {timeout:g} s: make that cell faster)"
+        return problem
+    marker, times, what = SELF_CHECKS.get(path.name, ("", 0, ""))
+    if _printed(nb).count(marker) < times:
+        return f"every cell ran, but {what} did not print '{marker}': keep the notebook's test cells and run them"
+    if save:
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".ipynb", delete=False, encoding="utf-8") as f:
+            nbformat.write(nb, f)
+        os.replace(f.name, path)
+    return None
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", default=list(NOTEBOOKS), help="default: both notebooks")
-    parser.add_argument("--timeout", type=float, required=True, help="seconds per cell (the grader's limit)")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT, required=TIMEOUT is None,
+                        help=f"seconds per cell (default: the grader's limit, {TIMEOUT})")
+    parser.add_argument("--save", action="store_true", help="save each notebook that ran to the end, with its outputs")
     args = parser.parse_args(argv)
     if not 0 < args.timeout < math.inf:
         parser.error(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
-    paths = [FOLDER / name for name in args.notebooks]
-    unknown = [p.name for p in paths if p.name not in SELF_CHECKS]
+    paths = [Path(name) for name in args.notebooks]
     absent = [str(p) for p in paths if not p.is_file()]
-    if unknown or absent:
-        parser.error(f"unknown notebook {', '.join(unknown)} (use {' and '.join(NOTEBOOKS)})" if unknown
-                     else f"{', '.join(absent)} not found: run make check from the project folder")
+    if absent:
+        parser.error(f"{', '.join(absent)} not found: run this from your project folder (where the notebooks are)")
     problems = []
-    print(">> 1. public self-checks")
     for path in paths:
-        problem = self_check(path)
-        print(f"{path.name}: {'public self-check passed' if problem is None else problem}", flush=True)
-        problems += [f"{path.name}: {problem}"] if problem else []
-    print(f"\n>> 2. the notebooks, top to bottom, at most {args.timeout:g} s per cell (the grader's limit)")
-    for path in paths:
+        print(f">> {path.name}: running it top to bottom, at most {args.timeout:g} s per cell", flush=True)
         start = time.perf_counter()
-        problem = execute(path, args.timeout)
-        seconds = time.perf_counter() - start
-        print(f"{path.name}: " + (f"ran top to bottom in {seconds:.0f} s" if problem is None else problem), flush=True)
-        problems += [f"{path.name}: {problem}"] if problem else []
+        problem = check(path.resolve(), args.timeout, args.save)
+        if problem is None:
+            saved = ", saved with its outputs" if args.save else ""
+            print(f"   {path.name}: every cell ran in {time.perf_counter() - start:.0f} s{saved}", flush=True)
+        else:
+            print(f"   {path.name}: {problem}", flush=True)
+            problems.append(f"{path.name}, {problem}")
     if problems:
-        print(f"\n{len(problems)} problem(s) to fix before handing in:\n  " + "\n  ".join(problems))
+        more = f" ({len(problems) - 1} more above)" if len(problems) > 1 else ""
+        print(f"\nto fix{more}: {problems[0]}")
         return 1
-    print("\npublic checks passed, and the notebooks ran top to bottom within the grader's limit per cell "
-          "(the grader runs more checks)")
+    print("\npublic checks passed (the notebooks ran top to bottom within the grader's limit per cell; "
+          "the grader runs more checks)")
     return 0
 
 
