@@ -113,6 +113,8 @@ def run(nb, timeout: float | None = 1800, *, kernel: str = "python3", km=None, c
     resources = {"metadata": {"path": str(cwd)}} if cwd is not None else {}
     client = _Client(nb, on_output=on_output, keep=keep_output, timeout=timeout, kernel_name=kernel, km=km, log=_QUIET,
                      record_timing=False, shutdown_kernel="immediate", startup_timeout=startup_timeout,
+                     # progress bars are widgets with random ids: their state is not worth saving
+                     store_widget_state=False,
                      # ipykernel 7 warns about local TCP on every start; errors still show.
                      extra_arguments=["--IPKernelApp.log_level=ERROR"], resources=resources)
     current = {}
