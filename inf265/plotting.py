@@ -19,7 +19,7 @@ def curve_grid(panels: dict[str, dict[str, dict[str, list[float]]]], styles: dic
     fig, axes = plt.subplots(len(keys), len(panels), figsize=(width, height_per_row * len(keys) + 0.9),
                              sharex=True, sharey="row", squeeze=False)
     for col, (title, series) in enumerate(panels.items()):
-        axes[0, col].set_title(title, fontsize=10)
+        axes[0, col].set_title(title)
         for row, key in enumerate(keys):
             for label, hist in series.items():
                 axes[row, col].plot(range(1, len(hist[key]) + 1), hist[key], label=label, **styles[label])
@@ -32,7 +32,7 @@ def curve_grid(panels: dict[str, dict[str, dict[str, list[float]]]], styles: dic
             handles.setdefault(label, handle)
     ordered = [label for label in styles if label in handles]
     fig.legend([handles[k] for k in ordered], ordered, loc="lower center", ncols=min(3, len(ordered)),
-               fontsize=9, frameon=False)
+               fontsize=plt.rcParams["legend.fontsize"], frameon=False)
     legend_rows = -(-len(ordered) // 3)
-    fig.tight_layout(rect=(0, 0.035 + 0.03 * legend_rows, 1, 1))
+    fig.tight_layout(rect=(0, 0.025 + 0.025 * legend_rows, 1, 1))
     return fig

@@ -133,3 +133,18 @@ def publish(staging: Path, target: Path = RESULTS) -> list[Path]:
     for path in sorted(p for p in staging.rglob("*") if p.is_file()):
         written.append(atomic_write_bytes(target / path.relative_to(staging), path.read_bytes()))
     return written
+
+
+class ClaimError(AssertionError):
+    """A sentence of a notebook's prose that its computed results no longer support."""
+
+
+def claim(sentence: str, holds: bool) -> None:
+    """Print ``sentence``, a statement about computed results, if ``holds``; raise if not.
+
+    Notebooks state their findings through this, with the numbers formatted into the sentence
+    from the run, so that prose never goes stale when the data or the code change.
+    """
+    if not holds:
+        raise ClaimError(f"the computed results no longer support: {sentence}")
+    print(sentence)

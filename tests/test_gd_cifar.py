@@ -182,13 +182,16 @@ def test_learning_curve_styles_are_distinct_and_shared_across_panels():
     assert len(styles) == 5
     assert len({(s["color"], s["marker"], s["linestyle"]) for s in styles.values()}) == 5
     assert len({s["color"] for s in styles.values()}) == 5, "colours repeat"
-    histories = {c["name"]: {"train_loss": [1.0, 0.5], "val_acc": [0.5, 0.6]} for c in configs}
+    histories = {c["name"]: {"train_loss": [1.0, 0.5], "train_acc": [0.6, 0.7], "val_acc": [0.5, 0.6]}
+                 for c in configs}
     fig = cifar_figures.learning_curves(configs, histories)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["momentum 0", "momentum 0.8", "momentum 0.9"]
-    assert sum(len(ax.lines) for ax in fig.axes) == 2 * len(configs), "one curve per configuration and row"
+    assert sum(len(ax.lines) for ax in fig.axes) == 3 * len(configs), "one curve per configuration and row"
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == [
+        "training loss", "training accuracy", "validation accuracy"]
     (legend,) = fig.legends
-    assert legend.get_texts()[0].get_fontsize() >= 8, "legend too small to read"
+    assert legend.get_texts()[0].get_fontsize() >= 11, "legend too small to read at the notebook's width"
     assert sorted(t.get_text() for t in legend.get_texts()) == sorted(styles)
 
 
@@ -201,7 +204,17 @@ def test_misclassified_shows_the_original_beside_the_16x16_input():
     assert shapes == [(32, 32), (16, 16)] * 3
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert texts[0].startswith("true: cat") and "automobile 0.95" in texts[0], "most confident error first"
+    assert min(t.get_fontsize() for ax in fig.axes for t in [*ax.texts, ax.title]) >= 11, "labels too small"
+    assert fig.get_figwidth() * fig.dpi >= 800, "drawn at the notebook's width"
     assert cifar_figures.most_confident(probs, 2).tolist() == [2, 1]
+
+
+def test_confusion_matrix_figure_is_large_enough_to_read():
+    fig = cifar_figures.confusion_matrix([[80, 13], [20, 84]], ["automobile", "cat"])
+    (ax,) = fig.axes
+    assert fig.get_figwidth() * fig.dpi >= 400
+    assert min(label.get_fontsize() for label in ax.get_xticklabels() + ax.get_yticklabels()) >= 11
+    assert min(t.get_fontsize() for t in ax.texts) >= 14
 
 
 # ------------------------------------------------------------------------------ exported results

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from inf265 import ROOT
 from inf265.nbdefs import load_definitions
 
+import notebook_contract
 from handouts import first_stop, messages, write_handout
 
 NOTEBOOK = ROOT / "gradient_descent.ipynb"
@@ -75,13 +76,11 @@ def _assert_identical(a, b):
         assert torch.equal(p, q), f"parameter {name} differs: max |diff| {(p - q).abs().max().item():.3e}"
 
 
-hyper_parameters = st.fixed_dictionaries({
+hyper_parameters = st.fixed_dictionaries({  # the course's: dampening and Nesterov are beyond it
     "lr": st.floats(0.0, 0.3),
     "momentum": st.one_of(st.just(0.0), st.floats(0.0, 0.99)),
-    "dampening": st.one_of(st.just(0.0), st.floats(0.0, 0.9)),
     "weight_decay": st.one_of(st.just(0.0), st.floats(0.0, 0.1)),
-    "nesterov": st.booleans(),
-}).filter(lambda h: not h["nesterov"] or (h["momentum"] > 0 and h["dampening"] == 0))
+})
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -99,8 +98,7 @@ def test_manual_update_is_bitwise_sgd(nb, hyper, batch_size, n_epochs, deep, see
     {"lr": 0.05},
     {"lr": 0.05, "weight_decay": 0.01},
     {"lr": 0.05, "momentum": 0.9},
-    {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01},
-    {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+    {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01},
 ])
 def test_manual_update_matches_foreach_implementation_too(nb, hyper):
     """torch.optim.SGD's default on CUDA is the foreach implementation: same element-wise results."""
@@ -141,8 +139,6 @@ def test_a_wrong_update_is_caught(nb):
     {"lr": -0.01},
     {"lr": 0.1, "momentum": -0.1},
     {"lr": 0.1, "weight_decay": -1e-4},
-    {"lr": 0.1, "nesterov": True},
-    {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, "nesterov": True},
 ])
 def test_invalid_hyper_parameters_raise_like_sgd(nb, bad):
     model = nb.MyMLP()
@@ -152,25 +148,23 @@ def test_invalid_hyper_parameters_raise_like_sgd(nb, bad):
     lr = bad.pop("lr")
     x, y = _data(8, 0)
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(ValueError, match=r"(?i)invalid|nesterov"):
+    with pytest.raises(ValueError, match=r"(?i)invalid"):
         nb.train_manual_update(1, lr, model, nn.CrossEntropyLoss(), nb.make_loader(x, y, 4, 0), **bad)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "raised after training"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lr=st.floats(-1, 1), momentum=st.floats(-1, 1), dampening=st.floats(-1, 1),
-       weight_decay=st.floats(-1, 1), nesterov=st.booleans())
-def test_raises_exactly_when_sgd_raises(nb, lr, momentum, dampening, weight_decay, nesterov):
+@given(lr=st.floats(-1, 1), momentum=st.floats(-1, 1), weight_decay=st.floats(-1, 1))
+def test_raises_exactly_when_sgd_raises(nb, lr, momentum, weight_decay):
     model = nb.MyMLP()
     try:
-        torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, dampening=dampening,
-                        weight_decay=weight_decay, nesterov=nesterov)
+        torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         sgd_raises = False
     except ValueError:
         sgd_raises = True
     try:
         nb.train_manual_update(0, lr, model, nn.CrossEntropyLoss(), [], weight_decay=weight_decay,
-                               momentum=momentum, dampening=dampening, nesterov=nesterov)
+                               momentum=momentum)
         manual_raises = False
     except ValueError:
         manual_raises = True
@@ -178,12 +172,11 @@ def test_raises_exactly_when_sgd_raises(nb, lr, momentum, dampening, weight_deca
 
 
 def test_keyword_names(nb):
-    import inspect
-
+    """The graded signatures of section 3.1, as the hand-out gives them."""
     sig = inspect.signature(nb.train_manual_update)
     assert list(sig.parameters) == ["n_epochs", "lr", "model", "loss_fn", "train_loader", "weight_decay",
-                                    "momentum", "dampening", "nesterov"]
-    assert [sig.parameters[k].default for k in ("weight_decay", "momentum", "dampening", "nesterov")] == [0, 0, 0, False]
+                                    "momentum"]
+    assert [sig.parameters[k].default for k in ("weight_decay", "momentum")] == [0, 0]
     assert list(inspect.signature(nb.train).parameters) == ["n_epochs", "optimizer", "model", "loss_fn", "train_loader"]
 
 
@@ -239,9 +232,32 @@ def handout(tmp_path_factory):
     return write_handout(NOTEBOOK, tmp_path_factory.mktemp("handout"))
 
 
+def test_the_notebook_follows_the_markup_contract():
+    """One solution cell per task of section 3.1 (tasks 1-10, with -b, -c... for more cells), the
+    self-check given right after train_manual_update, nothing given that needs our pipeline."""
+    notebook_contract.check(NOTEBOOK, ["task1", "task1-b", "task1-c", "task1-d", "task1-e", "task2",
+                                       "task3", "task4", "task5", "task5-b", "task6", "task7", "task8",
+                                       "task8-b", "task8-c", "task8-d", "task9", "task10", "task10-b"])
+    assert notebook_contract.unknown_names(NOTEBOOK) == {}
+    cells = notebook_contract.read(NOTEBOOK).cells
+    task4 = next(i for i, c in enumerate(cells) if notebook_contract.grade_id(c) == "task4")
+    self_check = cells[task4 + 1]
+    assert not notebook_contract.is_reference_only(self_check) and notebook_contract.grade_id(self_check) is None
+    assert "main_test(train_manual_update)" in self_check.source
+    given = [c.source for c in cells[:5] if c.cell_type == "code" and not notebook_contract.is_reference_only(c)]
+    assert any("torch.manual_seed(42)" in s and "torch.set_default_dtype(torch.double)" in s and "device" in s
+               for s in given), "section 3.3's set-up is given first"
+    headings = [c.source.splitlines()[0] for c in cells if c.cell_type == "markdown" and c.source.startswith("## Task")]
+    assert [int(re.match(r"## Task (\d+) — ", h).group(1)) for h in headings] == list(range(1, 11)), headings
+    for cell in cells:
+        if notebook_contract.grade_id(cell) is None and cell.cell_type == "markdown":
+            assert "shuffle=True" not in cell.source and "reshuffl" not in cell.source.lower() \
+                or notebook_contract.is_reference_only(cell), "the given text never demands reshuffling"
+
+
 def test_every_region_has_a_message_naming_its_section():
     found = messages(NOTEBOOK)
-    assert len(found) >= 8
+    assert len(found) >= 10
     for message in found:
         assert re.match(r"Section 3\.1, tasks? \d[\w ,]*: \w", message), message
 
@@ -254,7 +270,7 @@ def test_the_handout_keeps_the_graded_names_and_signatures(nb, handout):
     # train_manual_update's defaults are literals, not notebook globals
     defaults = [p.default for p in inspect.signature(students.train_manual_update).parameters.values()
                 if p.default is not inspect.Parameter.empty]
-    assert defaults == [0, 0, 0, False]
+    assert defaults == [0, 0]
     # the bodies students write are stubbed
     for call in (lambda: students.MyMLP(), lambda: students.train(1, None, None, None, []),
                  lambda: students.train_manual_update(1, 0.1, None, None, [])):

@@ -217,7 +217,7 @@ def test_tanh_from_a_is_right_on_tanh_nets_and_named_on_the_mixed_net(shared_dat
 @pytest.mark.parametrize("loss, acts", [("mse", None), ("bce", ["tanh", "sigmoid"]),
                                         ("logistic", ["relu", "identity"])])
 def test_other_losses(loss, acts):
-    result, exc, report = run(backpropagation, MyNet([2, 5, 2], activations=acts), loss=loss)
+    result, exc, report = run(NB.backpropagation_with_loss, MyNet([2, 5, 2], activations=acts), loss=loss)
     assert exc is None, report
     assert f"loss '{loss}'" in report
 
