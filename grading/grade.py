@@ -52,6 +52,7 @@ class Context:
     notebooks: bool = True       # re-execute the notebooks (False: --no-notebooks, the checks only)
     notebook_timeout: float | None = None  # wall-clock seconds per notebook (default: 5 cells' worth, >= 300)
     box: sandbox.Box | None = None  # the submission's control group (set per submission by grade())
+    run_as: tuple[int, int] | None = None  # without bwrap: students' code runs as this (uid, gid)
     static: dict = dataclasses.field(default_factory=dict)  # static.read of the submission's copy
 
     @property
@@ -106,8 +107,8 @@ class Checks:
         if self.runner is not None and not self.runner.dead:
             return self.runner
         self.close()
-        self.ws = sandbox.Workspace(self.submission, self.ctx.course, self.ctx.data,
-                                    self.ctx.provided, self.ctx.isolated, self.ctx.box).__enter__()
+        self.ws = sandbox.Workspace(self.submission, self.ctx.course, self.ctx.data, self.ctx.provided,
+                                    self.ctx.isolated, self.ctx.box, self.ctx.run_as).__enter__()
         self.runner = Runner(self.ws, self.ctx.limits).__enter__()
         for notebook, wanted in list(self.loaded_requests.items()):
             self.runner.request("load", {"notebook": notebook, "wanted": wanted}, cpu_seconds=self.ctx.check_cpu * 3,
@@ -345,7 +346,7 @@ def run_notebook(folder: Path, name: str, ctx: Context, out_dir: Path) -> dict:
     if ctx.static.get(name, {}).get("error"):
         return record("error", ctx.static[name]["error"])
     with sandbox.Workspace(folder, ctx.course, ctx.data, ctx.provided,
-                           ctx.isolated, ctx.box) as ws:
+                           ctx.isolated, ctx.box, ctx.run_as) as ws:
         # a time limit per cell, and one for the whole notebook (wall clock, from the kernel's start)
         limits = sandbox.Limits(memory=ctx.limits.memory, processes=ctx.limits.processes,
                                 cpu_seconds=10 ** 6, wall_seconds=ctx.notebook_seconds)
@@ -373,6 +374,8 @@ def grade(folder: Path, ctx: Context, out_dir: Path) -> dict:
         finally:
             if box is not None:
                 box.close()
+            if ctx.run_as:
+                sandbox.kill_user(ctx.run_as[0])
 
 
 def _grade(folder: Path, ctx: Context, out_dir: Path, findings: dict) -> dict:

@@ -86,8 +86,10 @@ class SandboxedKernel(_Checked, AsyncKernelManager):
     def format_kernel_cmd(self, extra_arguments=None):
         cmd = super().format_kernel_cmd(extra_arguments)
         cmd[0] = sys.executable  # the grader's interpreter: the same venv inside the sandbox
+        if self.ws.run_as:  # the student's user reads it (in a folder it cannot write)
+            os.chown(self.connection_file, *self.ws.run_as)
         return sandbox.limited(self.ws.argv(cmd, self.ws.env(), binds=(self.ws.ipc,), ro_binds=(self.ws.connection,)),
-                               self.limits, self.ws.box)
+                               self.limits, self.ws.box, self.ws.run_as)
 
     async def _async_pre_start_kernel(self, **kw):
         kw["env"] = {**self.ws.env(), "PYTHONPATH": str(ROOT)} if self.ws.isolated else self.ws.env()

@@ -18,9 +18,14 @@ A :class:`Workspace` is a private temporary folder holding a writable copy of on
   watcher, which kills the whole sandbox and says which limit was exceeded.
 
 Where bwrap cannot start (user namespaces disabled, seccomp of a container, ...), :func:`probe`
-raises :class:`SandboxUnavailable` with the reason and how to enable it. ``isolated=False``
-(``python -m grading --no-sandbox``) runs the same command without bwrap, in a process group, with
-the same limits: an explicit, reported acceptance of the risk.
+raises :class:`SandboxUnavailable` with the reason and how to enable it. Then, when the grader
+runs as root (Gradescope's containers), ``run_as=(uid, gid)`` runs students' code as a separate
+unprivileged user (:data:`STUDENT_UID`, no account of the system): it can write only its own copy
+of the submission, its private home and temporary folder, not the grader's results; the same
+rlimits apply (``RLIMIT_NPROC`` counts for a user that is not root); :func:`kill_user` ends every
+process of that user, re-parented daemons included. ``isolated=False`` without ``run_as``
+(``python -m grading --no-sandbox``) runs the same command without bwrap, in a process group,
+with the same limits: an explicit, reported acceptance of the risk.
 """
 from __future__ import annotations
 
@@ -51,6 +56,10 @@ _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "nsswitch.conf", "passwd", 
 _CLK, _PAGE = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
 TMP_SIZE = 512 * (1 << 20)  # bytes of each in-memory folder of the sandbox (/tmp, home, /dev/shm, the submission)
 COPY_BYTES, COPY_FILES = 256 * (1 << 20), 5000  # the most of a submission the grader copies
+
+
+#: the user students' code runs as where bwrap cannot start and the grader is root (no account uses it)
+STUDENT_UID = int(os.environ.get("INF265_STUDENT_UID", "64999"))
 
 
 class SandboxUnavailable(RuntimeError):
@@ -188,9 +197,10 @@ class Workspace:
     """
 
     def __init__(self, submission: Path, course: Path, data: Path | None, provided: dict[str, Path] | None = None,
-                 isolated: bool = True, box: "Box | None" = None):
+                 isolated: bool = True, box: "Box | None" = None, run_as: tuple[int, int] | None = None):
         self.submission, self.course, self.data = Path(submission), Path(course), data
         self.provided, self.isolated, self.box = provided or {}, isolated, box
+        self.run_as = None if isolated else run_as
         self.replaced: list[str] = []
 
     def __enter__(self) -> "Workspace":
@@ -204,8 +214,17 @@ class Workspace:
                 self.replaced.append(name)
                 target.unlink()
             shutil.copyfile(source, target)
-        (self.top / "ipc").mkdir()
-        (self.top / "connection").mkdir()
+        for name in ("ipc", "connection", "home", "tmp"):
+            (self.top / name).mkdir(mode=0o700)
+        if self.run_as:  # the student's user: its copy, home, temporary folder and socket folder only
+            uid, gid = self.run_as
+            os.chmod(self.top, 0o711)
+            os.chmod(self.top / "connection", 0o755)
+            for name in ("ipc", "home", "tmp"):
+                os.chown(self.top / name, uid, gid)
+            for folder, dirs, files in os.walk(self.work):
+                for name in [folder] + [os.path.join(folder, n) for n in dirs + files]:
+                    os.lchown(name, uid, gid)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -225,11 +244,9 @@ class Workspace:
         """The environment inside: offline, the data and course folders, one math thread."""
         inside = self.isolated
         home = HOME if inside else str(self.top / "home")
-        if not inside:
-            os.makedirs(home, exist_ok=True)
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin" if inside else os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8", "HOME": home, "TMPDIR": "/tmp" if inside else str(self.top),
+            "LANG": "C.UTF-8", "HOME": home, "TMPDIR": "/tmp" if inside else str(self.top / "tmp"),
             "PYTHONPATH": COURSE if inside else str(self.course),
             "DATA_DIR": DATA if inside else str(self.data or ""),
             "INF265_GRADING": "1", "INF265_OFFLINE": "1", "MPLBACKEND": "Agg",
@@ -610,9 +627,9 @@ def address_space(limits: Limits) -> int:
     return library_space() + limits.memory
 
 
-def apply_limits(limits: Limits, address: int, box_files=()) -> None:
-    """In a child about to exec: the submission's box, its own session, and the rlimits every
-    sandboxed process inherits."""
+def apply_limits(limits: Limits, address: int, box_files=(), run_as: tuple[int, int] | None = None) -> None:
+    """In a child about to exec: the submission's box, its own session, the rlimits every
+    sandboxed process inherits, and (``run_as``) the student's unprivileged user."""
     join_box(box_files)
     if os.getsid(0) != os.getpid():  # (Jupyter's launcher has made it a session leader already)
         os.setsid()
@@ -621,13 +638,48 @@ def apply_limits(limits: Limits, address: int, box_files=()) -> None:
         resource.setrlimit(what, (value, value))
     # ineffective for root (the kernel exempts it); the watcher enforces the count anyway
     resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes * 4, limits.processes * 4))
+    if run_as:
+        os.setgroups([])
+        os.setgid(run_as[1])
+        os.setuid(run_as[0])
 
 
-def limited(command: list[str], limits: Limits, box: Box | None = None) -> list[str]:
-    """``command`` behind ``python -m grading.sandbox`` setting the limits (and joining ``box``), for
-    launchers (Jupyter's kernel manager) that take a command, not a ``preexec_fn``."""
-    return [sys.executable, "-P", "-m", "grading.sandbox", str(address_space(limits)), str(limits.file_size),
-            str(limits.processes), *(box.procs_files() if box else ()), "--"] + list(command)
+def kill_user(uid: int) -> int:
+    """Kill every process of ``uid`` (the student's user: daemons re-parented to init included),
+    until none is left; the number killed. Never for root or the grader's own user."""
+    if uid in (0, os.getuid(), os.geteuid()):
+        raise ValueError(f"refusing to kill every process of uid {uid}")
+    killed = 0
+    for _ in range(100):
+        mine = []
+        for pid in _all_pids():
+            try:
+                with open(f"/proc/{pid}/status") as fh:
+                    uids = next(line.split()[1:] for line in fh if line.startswith("Uid:"))
+            except (OSError, StopIteration):
+                continue
+            if str(uid) in uids:
+                mine.append(pid)
+        if not mine:
+            break
+        for pid in mine:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+        time.sleep(0.05)
+    return killed
+
+
+def limited(command: list[str], limits: Limits, box: Box | None = None, run_as: tuple[int, int] | None = None
+            ) -> list[str]:
+    """``command`` behind ``python -m grading.sandbox`` setting the limits (joining ``box``, as the user
+    ``run_as``), for launchers (Jupyter's kernel manager) that take a command, not a ``preexec_fn``."""
+    user = [f"user={run_as[0]}:{run_as[1]}"] if run_as else []
+    # this file run as a script (it imports the standard library only): found whatever PYTHONPATH is
+    return [sys.executable, "-P", os.path.abspath(__file__), str(address_space(limits)), str(limits.file_size),
+            str(limits.processes), *(box.procs_files() if box else ()), *user, "--"] + list(command)
 
 
 class Watch:
@@ -715,7 +767,7 @@ class Process:
                                       stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
                                       pass_fds=tuple(pass_fds),
                                       preexec_fn=functools.partial(apply_limits, limits, address_space(limits),
-                                                                   ws.box.procs_files() if ws.box else ()))
+                                                                   ws.box.procs_files() if ws.box else (), ws.run_as))
         os.close(out_w)
         os.close(err_w)
         self.tree = Tree(self.popen.pid, ws.isolated)
@@ -768,8 +820,10 @@ def is_memory_error(text: str) -> bool:
 
 
 
-if __name__ == "__main__":  # python -m grading.sandbox MEMORY FILE_SIZE PROCESSES [BOX_FILE...] -- COMMAND...
+if __name__ == "__main__":  # python grading/sandbox.py MEMORY FILE_SIZE PROCESSES [BOX_FILE...] -- COMMAND...
     _address, _file_size, _processes, *_rest = sys.argv[1:]
-    _box_files, _command = _rest[:_rest.index("--")], _rest[_rest.index("--") + 1:]
-    apply_limits(Limits(file_size=int(_file_size), processes=int(_processes)), int(_address), _box_files)
+    _options, _command = _rest[:_rest.index("--")], _rest[_rest.index("--") + 1:]
+    _user = next((tuple(int(x) for x in o[5:].split(":")) for o in _options if o.startswith("user=")), None)
+    apply_limits(Limits(file_size=int(_file_size), processes=int(_processes)), int(_address),
+                 [o for o in _options if not o.startswith("user=")], _user)
     os.execvp(_command[0], _command)
