@@ -147,6 +147,9 @@ def isolation() -> tuple[str, str | None]:
     if _flag("INF265_REQUIRE_SANDBOX"):
         return "refused", why
     if os.geteuid() == 0:
+        if not sandbox.reachable_by_others(Path(sys.executable)):
+            return "refused", (f"{why}\nand the students' user cannot run {sys.executable} (a folder above it is "
+                               f"not open to other users; setup.sh installs the environment in /autograder/venv)")
         return "user", why
     return ("none" if _flag("INF265_ALLOW_UNISOLATED") else "refused"), why
 

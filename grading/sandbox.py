@@ -644,6 +644,13 @@ def apply_limits(limits: Limits, address: int, box_files=(), run_as: tuple[int, 
         os.setuid(run_as[0])
 
 
+def reachable_by_others(path: Path) -> bool:
+    """Whether a user other than the owner can run ``path`` (every folder above it open to others)."""
+    path = Path(os.path.realpath(path))
+    folders_open = all(os.stat(p).st_mode & 0o001 for p in path.parents)
+    return folders_open and bool(os.stat(path).st_mode & 0o005 == 0o005)
+
+
 def kill_user(uid: int) -> int:
     """Kill every process of ``uid`` (the student's user: daemons re-parented to init included),
     until none is left; the number killed. Never for root or the grader's own user."""

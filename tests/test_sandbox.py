@@ -333,3 +333,44 @@ def test_the_submission_copy_is_the_sandboxs_own(tmp_path, course_dir):
         outcome = sandbox.Process(ws, [sys.executable, "-P", "program.py"], sandbox.Limits()).finish(60)
         assert outcome.stdout.strip() == "changed", outcome.stderr
         assert (ws.cwd / "data.txt").read_text() == "original" and not (ws.cwd / "new.txt").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
+                    reason="a separate user needs root (Gradescope runs its autograder as root) and a system Python")
+def test_without_bwrap_a_separate_user_runs_the_code(tmp_path, course_dir, canary):
+    """Where bwrap cannot start: the student's user writes its copy only; its daemons are killed by uid."""
+    canary.chmod(0o700)
+    results = tmp_path / "results"
+    results.mkdir(mode=0o755)
+    marker = f"inf265-user-survivor-{os.getpid()}-{time.monotonic_ns()}"
+    submission = tmp_path / "submission"
+    submission.mkdir()
+    (submission / "program.py").write_text(textwrap.dedent(f"""
+        import os, sys, time
+        for what, action in (("results", lambda: open({str(results / 'results.json')!r}, "w")),
+                             ("canary", lambda: open({str(canary / 'secret.txt')!r}).read()),
+                             ("own copy", lambda: open("mine.txt", "w").write("ok")),
+                             ("temp", lambda: open(os.environ["TMPDIR"] + "/t", "w").write("ok"))):
+            try:
+                action()
+                print(what, "written")
+            except OSError as exc:
+                print(what, "refused")
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execv("/bin/sleep", ["/bin/sleep", "300", "{marker}"])
+            os._exit(0)
+        print("uid", os.getuid())
+    """))
+    uid = sandbox.STUDENT_UID
+    with sandbox.Workspace(submission, course_dir, None, isolated=False, run_as=(uid, uid)) as ws:
+        outcome = sandbox.Process(ws, ["/usr/bin/python3", "-I", "program.py"], sandbox.Limits()).finish(60)
+        assert outcome.returncode == 0, outcome.stderr
+        assert f"uid {uid}" in outcome.stdout and "own copy written" in outcome.stdout and "temp written" in \
+            outcome.stdout, outcome.stdout
+        assert "results refused" in outcome.stdout and "canary refused" in outcome.stdout, outcome.stdout
+        time.sleep(0.5)
+        sandbox.kill_user(uid)  # what grading does before results are written: re-parented daemons too
+    assert not any(marker.encode() in _cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit())
+    assert list(results.iterdir()) == []

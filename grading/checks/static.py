@@ -405,8 +405,14 @@ def _model_parameter_names(fn) -> set[str]:
     return {args[0].arg} if args else set()
 
 
+def _loaded(node: ast.AST) -> bool:
+    """An expression read (a name or attribute being assigned is not a use)."""
+    return isinstance(node, (ast.Attribute, ast.Call, ast.Subscript, ast.Name)) and \
+        not isinstance(getattr(node, "ctx", None), (ast.Store, ast.Del))
+
+
 def _autograd_use(node: ast.AST, model_names: set[str], src: Source, own: set[str]) -> str | None:
-    qual = src.qualname(node) if isinstance(node, (ast.Attribute, ast.Call, ast.Subscript, ast.Name)) else None
+    qual = src.qualname(node) if _loaded(node) else None
     if qual:
         for prefix, what in AUTOGRAD_QUALNAMES.items():
             if qual == prefix or qual.startswith(prefix + "."):
@@ -479,11 +485,11 @@ def optimizer_findings(path, prefix: str = "train_manual_update", source: Source
     notebook's ``train_manual_update*`` functions and what they call."""
     src = source or Source(path)
     roots = [name for name in src.top_level() if name.startswith(prefix)]
-    findings = []
+    findings, lines = [], set()
     for where, cell, node in src.reachable(roots, attributes=False):
         for sub in ast.walk(node):
             what = None
-            qual = src.qualname(sub) if isinstance(sub, (ast.Attribute, ast.Call, ast.Subscript, ast.Name)) else None
+            qual = src.qualname(sub) if _loaded(sub) else None
             if qual:
                 for start, said in OPTIMIZER_QUALNAMES.items():
                     if qual == start or qual.startswith(start if start.endswith("_") else start + "."):
@@ -494,10 +500,10 @@ def optimizer_findings(path, prefix: str = "train_manual_update", source: Source
             if what is None and isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) \
                     and sub.func.attr == "step" and "step" not in src.own_methods():
                 what = "calls .step() (an optimizer's update, not a manual one)"
-            if what:
+            if what and (where, getattr(sub, "lineno", 0)) not in lines:  # the outermost expression of a line
+                lines.add((where, getattr(sub, "lineno", 0)))
                 findings.append(_finding(where, cell, sub, what))
-    # the innermost expression names the line best: drop the enclosing ones found on the same line
-    return _unique(findings)
+    return findings
 
 
 def _imported_names(units) -> set[str]:
@@ -550,6 +556,10 @@ def _tampering(node: ast.AST, imported: set[str], src: Source) -> str | None:
                 return f"changes a module or object through its namespace ({ast.unparse(t)})"
     if isinstance(node, ast.Call):
         f = node.func
+        imported_name = next((name for n, name in _imports(ast.Module(body=[ast.Expr(node)], type_ignores=[]))
+                              if n is node), None)
+        if imported_name and imported_name.split(".")[0] in TAMPER_MODULES:
+            return TAMPER_MODULES[imported_name.split(".")[0]] + f" (by name: {imported_name})"
         if isinstance(f, ast.Name) and f.id in TAMPER_CALLS:
             if f.id in ("setattr", "delattr"):
                 target = _root_name(node.args[0]) if node.args else None
