@@ -103,7 +103,10 @@ class _Client(NotebookClient):
             size = len(json.dumps(msg.get("content", {})).encode("utf-8")) + sum(
                 len(memoryview(b)) for b in msg.get("buffers") or ())
             self._on_output(size, cell_index)
-        return super().handle_comm_msg(outs, msg, cell_index)
+        try:
+            return super().handle_comm_msg(outs, msg, cell_index)
+        except (TypeError, ValueError, KeyError, AttributeError):  # a malformed widget message: not a crash of ours
+            return None
 
 
 def run(nb, timeout: float | None = 1800, *, kernel: str = "python3", km=None, cwd: Path | None = None,

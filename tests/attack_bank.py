@@ -258,8 +258,8 @@ def attacks(canary: Path, port: int, marker: str, host_socket: Path | None = Non
         "widgets": '''
             from comm import create_comm
             channel = create_comm(target_name="inf265-flood")
-            for _ in range(300):
-                channel.send(data={"state": "w" * (1 << 20)})
+            for n in range(300):
+                channel.send(data={"method": "update", "state": {f"value{n}": "w" * (1 << 20)}})
         ''',
         "socket_link": f'''
             import glob, json, os, sys, time
@@ -329,11 +329,10 @@ def build(folder: Path, name: str, trick: str, canary: Path | None = None) -> Pa
         nbformat.write(nb, str(out / notebook))
     if name == "helper_module":
         (out / "helpers.py").write_text(HELPERS)
-    if name == "links":  # a notebook that is a link to a host file, one that is another student's; a linked folder
-        (out / "gradient_descent.ipynb").unlink()
-        (out / "gradient_descent.ipynb").symlink_to(canary / "secret.txt")
+    if name == "links":  # a notebook that is another student's; links to a host file and a host folder
         (out / "backpropagation.ipynb").rename(out / "own.ipynb")
         (out / "backpropagation.ipynb").symlink_to(folder / "plain" / "backpropagation.ipynb")
+        (out / "secret.txt").symlink_to(canary / "secret.txt")
         (out / "notes").symlink_to(canary)
     return out
 

@@ -27,6 +27,8 @@ import pytest
 import attack_bank
 
 ROOT = Path(__file__).resolve().parent.parent
+# the bank is graded in one run (two submissions at a time): longer than the suite's default per test
+pytestmark = pytest.mark.timeout(2400)
 SECRET = "canary-secret-7f3a9c"
 
 
@@ -134,21 +136,34 @@ def test_no_host_socket_is_connected_through_a_planted_link(attacked):
 def test_links_are_named_and_never_read(attacked):
     report = attacked["reports"]["links"]
     named = {f["where"]: f["what"] for f in report["integrity"]["submission files"]}
-    assert named == {name: "a symbolic link, not followed"
-                     for name in ("backpropagation.ipynb", "gradient_descent.ipynb", "notes")}, named
+    assert named == {name: "a symbolic link, not followed" for name in ("backpropagation.ipynb", "notes", "secret.txt")}
     md = (attacked["out"] / "links" / "report.md").read_text()
-    assert "delta.T @ model.a" not in md  # the other student's code (the linked notebook) is not quoted
-    assert _checks(report)["load_backpropagation"]["status"] == "fail"
+    assert "3 * (delta.T @ model.a" not in md  # the other student's code (the linked notebook) is not quoted
+    checks = _checks(report)
+    assert checks["load_backpropagation"]["status"] == "fail" and "missing" in checks["load_backpropagation"]["message"]
+
+
+def _outside_fences(md: str) -> list[str]:
+    """The lines of a Markdown text that are rendered (not inside a fenced block)."""
+    out, fence = [], None
+    for line in md.splitlines():
+        if fence is None and line.startswith("```"):
+            fence = line[:len(line) - len(line.lstrip("`"))]
+        elif fence is not None and line.strip() == fence:
+            fence = None
+        elif fence is None:
+            out.append(line)
+    assert fence is None, "a fence is left open"
+    return out
 
 
 def test_student_text_cannot_forge_the_report(attacked):
     md = (attacked["out"] / "forged_report" / "report.md").read_text()
     assert "FORGED" in md  # quoted...
-    lines = md.splitlines()
-    assert not any(line.lstrip().startswith(("# FORGED", "| forged")) for line in lines)  # ...never rendered
-    assert sum(line.startswith("Score:") for line in lines) == 1
-    fences = [line for line in lines if line.startswith("```")]
-    assert len(fences) % 2 == 0
+    rendered = _outside_fences(md)
+    assert not any(line.lstrip().startswith(("# FORGED", "| forged")) for line in rendered)  # ...never rendered
+    assert sum(line.startswith("Score:") for line in rendered) == 1
+    assert all("FORGED" not in line or "`" in line for line in rendered)  # in a code span when outside a block
 
 
 def test_limits_hold_for_the_whole_box(attacked):
@@ -158,7 +173,7 @@ def test_limits_hold_for_the_whole_box(attacked):
         assert f"{folder} full after 500 MiB" in executed, folder
     nested = _checks(reports["nested_namespace"])["notebook_backpropagation"]["message"]
     assert "process limit of 64 exceeded" in nested, nested
-    widgets = _checks(reports["widgets"])["notebook_backpropagation"]["message"]
+    widgets = _checks(reports["widgets"])["notebook_backpropagation"]["message"]  # 300 MiB of widget state
     assert "output limit of 16 MiB exceeded" in widgets, widgets
 
 
@@ -166,8 +181,9 @@ def test_a_backward_method_of_the_students_own_layers_is_not_autograd(attacked):
     """Lab 4 style: layer objects with a hand-written backward(); the grader credits it."""
     checks = _checks(attacked["lab4"])
     assert checks["backprop_by_hand"]["status"] == "pass", checks["backprop_by_hand"]["message"]
+    # the grader's reading voids nothing (the harness's own reading of names is issue 21's, in tests_backpropagation)
     for cid in ("backprop_toy", "backprop_mnist", "backprop_square"):
-        assert checks[cid]["status"] == "pass", (cid, checks[cid]["message"])
+        assert "not credited" not in checks[cid]["message"], (cid, checks[cid]["message"])
 
 
 def test_resolved_names_and_optimizers_are_named(attacked):
