@@ -113,7 +113,7 @@ def markdown(report: dict) -> str:
         lines += ["", "## Details of the checks that did not pass", ""]
         for c in problems:
             lines += [f"### {c['title']} (`{c['id']}`): {MARK.get(c['status'], c['status'])}", "",
-                      code(c["message"], 8000), ""]
+                      f"Diagnostic: {code(c['message'], 8000)}", ""]
             d = c["details"]
             if d.get("cell_source"):
                 lines += [f"Code cell {code(d.get('cell'))}:", "", *block(d["cell_source"], "python"), ""]

@@ -147,7 +147,7 @@ def _outside_fences(md: str) -> list[str]:
     """The lines of a Markdown text that are rendered (not inside a fenced block)."""
     out, fence = [], None
     for line in md.splitlines():
-        if fence is None and line.startswith("```"):
+        if fence is None and line.startswith("```") and "`" not in line.lstrip("`"):  # an opening fence
             fence = line[:len(line) - len(line.lstrip("`"))]
         elif fence is not None and line.strip() == fence:
             fence = None
