@@ -343,6 +343,10 @@ def test_gradescope_refuses_without_any_isolation_unless_allowed(monkeypatch):
     assert gradescope.isolation()[0] == "none"
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.delenv("INF265_ALLOW_UNISOLATED")
+    monkeypatch.setattr(sandbox, "reachable_by_others", lambda path: False)
+    mode, why = gradescope.isolation()
+    assert mode == "refused" and "cannot run" in why  # root, but the students' user could not run Python
+    monkeypatch.setattr(sandbox, "reachable_by_others", lambda path: True)
     assert gradescope.isolation()[0] == "user"
     monkeypatch.setenv("INF265_REQUIRE_SANDBOX", "1")
     assert gradescope.isolation()[0] == "refused"
