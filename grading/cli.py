@@ -84,10 +84,11 @@ class Setup:
     """
 
     def __init__(self, rubric, harness: Path, check_timeout=None, cell_timeout=None, memory_gib=None,
-                 isolated: bool = True, notebooks: bool = True):
+                 isolated: bool = True, notebooks: bool = True, run_as: tuple[int, int] | None = None,
+                 line: str | None = None):
         self.rubric = rubric
-        self.line = (f"{sandbox.probe()}: no network, own PID namespace, read-only system, a private copy of "
-                     f"the submission") if isolated else NO_SANDBOX
+        self.line = line or ((f"{sandbox.probe()}: no network, own PID namespace, read-only system, a private copy "
+                              f"of the submission") if isolated else NO_SANDBOX)
         limits = sandbox.Limits(memory=int((memory_gib or rubric.memory_gib) * sandbox.GiB),
                                 processes=rubric.processes)
         data = os.environ.get("DATA_DIR", "").strip()
@@ -96,7 +97,7 @@ class Setup:
         self.ctx = grade.Context(course=self.course, data=data_dir if data_dir.is_dir() else None, harness=harness,
                                  rubric=rubric, limits=limits, check_cpu=check_timeout or rubric.check_timeout,
                                  cell_timeout=cell_timeout or rubric.cell_timeout, isolated=isolated,
-                                 notebooks=notebooks)
+                                 notebooks=notebooks, run_as=None if isolated else run_as)
         self.limits_info = {"check_cpu": self.ctx.check_cpu, "cell_timeout": self.ctx.cell_timeout,
                             "resources": limits.describe()}
 

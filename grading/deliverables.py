@@ -197,16 +197,19 @@ def apply(report: dict, folder: Path, root: Path, files: list[str], out_dir: Pat
 
 
 def markdown(report: dict) -> list[str]:
-    """The report's "Hand-in" section: where the files came from, lateness, the deliverables."""
-    lines = [f"- Names (from the hand-in): {', '.join(report['names'])}"] if report.get("names") else []
+    """The report's "Hand-in" section: where the files came from, lateness, the deliverables (what
+    comes from the student, names and file names among it, quoted as plain text, never rendered)."""
+    from .report import inline
+
+    lines = [f"- Names (from the hand-in): {inline(', '.join(report['names']))}"] if report.get("names") else []
     if report.get("lms_user_id"):
-        lines.append(f"- LMS user id {report['lms_user_id']} ({report.get('lms_name', '')})")
+        lines.append(f"- LMS user id {inline(report['lms_user_id'])} ({inline(report.get('lms_name', ''))})")
     if report.get("late") or report.get("submitted_at"):
-        when = f"submitted {report['submitted_at']}" if report.get("submitted_at") else "marked LATE by the LMS"
+        when = f"submitted {inline(report['submitted_at'])}" if report.get("submitted_at") else "marked LATE by the LMS"
         deduction = report.get("late_deduction")
         lines.append(f"- {when}: " + ("late-policy deduction not applied (no submission time given)"
                                       if deduction is None else f"late-policy deduction {deduction:g} point(s)"))
-    lines += [f"- {note}" for note in report.get("inbox_notes", [])]
-    lines += [f"- {d['title']}: **{d['status']}** ({d['points']:g} / {d['max_points']:g}): {d['message']}"
+    lines += [f"- {inline(note)}" for note in report.get("inbox_notes", [])]
+    lines += [f"- {d['title']}: **{d['status']}** ({d['points']:g} / {d['max_points']:g}): {inline(d['message'])}"
               for d in report.get("deliverables", [])]
-    return ["", "## Hand-in", "", *[line.replace("\n", " ") for line in lines]] if lines else []
+    return ["", "## Hand-in", "", *lines] if lines else []

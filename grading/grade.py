@@ -1,14 +1,20 @@
 """Grading one submission: the trusted orchestration of the runner's checks and the notebook runs.
 
-Nothing here imports student code. The checks of section 2 and 3 ask a sandboxed runner
+Nothing here imports student code, and nothing reads the student's folder but :func:`grade`'s one
+copy of it (:func:`grading.sandbox.copy_tree`: links are named, never followed); everything after
+works on that copy. The checks of section 2 and 3 ask a sandboxed runner
 (:mod:`grading.session`) for data and decide with :mod:`grading.checks`; the static reading of
-the notebooks (:mod:`grading.checks.static`) is done here; each notebook is re-executed in a
+the notebooks (:mod:`grading.checks.static`) is done in a bounded child process; each notebook is re-executed in a
 sandboxed kernel (:mod:`grading.notebooks`). A runner that dies, hangs or sends something
 malformed costs the check it was answering; a fresh runner, in a fresh copy, takes the next.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
+import stat
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +52,14 @@ class Context:
     cell_timeout: float
     isolated: bool = True
     notebooks: bool = True       # re-execute the notebooks (False: --no-notebooks, the checks only)
+    notebook_timeout: float | None = None  # wall-clock seconds per notebook (default: the rubric's)
+    box: sandbox.Box | None = None  # the submission's control group (set per submission by grade())
+    run_as: tuple[int, int] | None = None  # without bwrap: students' code runs as this (uid, gid)
+    static: dict = dataclasses.field(default_factory=dict)  # static.read of the submission's copy
+
+    @property
+    def notebook_seconds(self) -> float:
+        return self.notebook_timeout or self.rubric.notebook_timeout
 
     @property
     def provided(self) -> dict[str, Path]:
@@ -55,12 +69,16 @@ class Context:
 
 
 def check_folder(folder: Path) -> None:
-    if not folder.exists():
+    """The folder is a submission: a folder (not a link to one) holding a notebook (not a link to one)."""
+    if not os.path.lexists(folder):
         raise NotGradable(f"{folder} does not exist")
-    if not folder.is_dir():
-        raise NotGradable(f"{folder} is not a folder (give the folder holding the student's notebooks)")
-    if not any((folder / nb).is_file() for nb in NOTEBOOKS.values()):
+    if folder.is_symlink() or not folder.is_dir():
+        raise NotGradable(f"{folder} is not a folder (give the folder holding the student's notebooks; links are "
+                          f"not followed)")
+    if not any(_regular(folder / nb) for nb in NOTEBOOKS.values()):
         content = "it is empty" if not any(folder.iterdir()) else "it holds neither notebook"
+        if any((folder / nb).is_symlink() for nb in NOTEBOOKS.values()):
+            content = "its notebooks are symbolic links, which the grader does not follow"
         raise NotGradable(f"{folder} is not a submission: {content} ({' nor '.join(NOTEBOOKS.values())})")
 
 
@@ -68,6 +86,14 @@ def unreadable(folder: Path, name: str, ctx: Context) -> dict | None:
     """The record of a notebook that cannot be read (its checks alone are not gradable), or None."""
     why = inbox.unreadable(folder / name, ctx.rubric.notebook_mib) if (folder / name).is_file() else None
     return record("not_gradable", f"not gradable: {why}") if why else None
+
+
+def _regular(path: Path) -> bool:
+    """A regular file itself, not a link to one (``Path.is_file`` follows links)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def record(status: str, message: str, **details) -> dict:
@@ -89,8 +115,8 @@ class Checks:
         if self.runner is not None and not self.runner.dead:
             return self.runner
         self.close()
-        self.ws = sandbox.Workspace(self.submission, self.ctx.course, self.ctx.data,
-                                    self.ctx.provided, self.ctx.isolated).__enter__()
+        self.ws = sandbox.Workspace(self.submission, self.ctx.course, self.ctx.data, self.ctx.provided,
+                                    self.ctx.isolated, self.ctx.box, self.ctx.run_as).__enter__()
         self.runner = Runner(self.ws, self.ctx.limits).__enter__()
         for notebook, wanted in list(self.loaded_requests.items()):
             self.runner.request("load", {"notebook": notebook, "wanted": wanted}, cpu_seconds=self.ctx.check_cpu * 3,
@@ -195,12 +221,11 @@ def grade_backprop(checks: Checks, folder: Path, ctx: Context) -> dict:
         return {"load_backpropagation": record(failure.status, f"loading {notebook}: {failure.message}"),
                 **_skip_all([i for i in ids if i != "load_backpropagation"], "skipped: the notebook did not load")}
     records = {}
-    if "backpropagation" not in reply.get("found", {}) and static.method(folder / notebook, "MyNet",
-                                                                        "backpropagation") is not None:
+    read = ctx.static.get(notebook, {})
+    if "backpropagation" not in reply.get("found", {}) and read.get("backprop_method"):
         reply.setdefault("found", {})["backpropagation"] = "MyNet.backpropagation (a method of MyNet)"
     records["load_backpropagation"], ok = _load_record(reply, notebook, ["MyNet", "backpropagation"],
-                                                       ["MyNet", "backpropagation"],
-                                                       static.syntax_errors(folder / notebook))
+                                                       ["MyNet", "backpropagation"], read.get("syntax", []))
     if "method" in reply["found"].get("backpropagation", ""):
         records["load_backpropagation"]["message"] += (" (backpropagation is defined inside the MyNet class: "
                                                        "called as MyNet.backpropagation(model, y_true, y_pred))")
@@ -210,7 +235,7 @@ def grade_backprop(checks: Checks, folder: Path, ctx: Context) -> dict:
                                  "not_gradable" if records["load_backpropagation"]["status"] == "not_gradable"
                                  else "skipped"))
         return records
-    findings = static.autograd_findings(folder / notebook)
+    findings = read.get("autograd", [])
     records["backprop_by_hand"] = (record("fail", "backpropagation does not compute the gradients by hand: "
                                                   + static.describe(findings), findings=findings) if findings else
                                    record("pass", "no autograd and no evaluation of the model in backpropagation "
@@ -237,7 +262,8 @@ def grade_sgd(checks: Checks, folder: Path, ctx: Context) -> dict:
         return _skip_all(ids, f"{notebook} is missing from the submission", "fail")
     if bad := unreadable(folder, notebook, ctx):
         return _skip_all(ids, bad["message"], "not_gradable")
-    wanted = ["train", "train_manual_update"] + _names(folder / notebook)
+    read = ctx.static.get(notebook, {})
+    wanted = ["train", "train_manual_update"] + read.get("names", [])
     try:
         reply = checks.load(notebook, wanted)
     except RunnerFailure as failure:
@@ -247,8 +273,7 @@ def grade_sgd(checks: Checks, folder: Path, ctx: Context) -> dict:
     manual = sgd_checks.manual_functions(found)
     required = ["train", manual[0] if manual else "train_manual_update"]
     records = {}
-    records["load_gradient_descent"], _ = _load_record(reply, notebook, wanted, required,
-                                                       static.syntax_errors(folder / notebook))
+    records["load_gradient_descent"], _ = _load_record(reply, notebook, wanted, required, read.get("syntax", []))
     if not reply.get("classes"):
         records["load_gradient_descent"]["message"] += "; no nn.Module subclass (MyMLP) is defined"
     cpu = ctx.check_cpu
@@ -271,26 +296,26 @@ def grade_sgd(checks: Checks, folder: Path, ctx: Context) -> dict:
             records[check_id] = checks.run(check_id, uses, lambda r, c=check_id: sgd_checks.check_manual(
                 r, notebook, state["class"], c, manual, cpu))
     environment(records, reply)
+    optimizer = read.get("optimizer", [])
+    if optimizer:  # an optimizer's update is not the manual one the task asks for
+        for check_id in sgd_checks.CASES:
+            rec = records.get(check_id)
+            if rec and rec["status"] in ("pass", "partial"):
+                records[check_id] = record("fail", "not credited: train_manual_update does not update the parameters "
+                                                   "by hand: " + static.describe(optimizer), findings=optimizer,
+                                           **rec["details"])
     return records
 
 
-def _names(path: Path) -> list[str]:
-    """The classes and train_manual_update* functions the notebook defines (read, not run)."""
-    import ast
-
-    names = []
-    for _, tree in static._cells(path):
-        for node in tree.body:
-            if isinstance(node, ast.ClassDef) or isinstance(node, ast.FunctionDef) and \
-                    node.name.startswith("train_manual_update"):
-                names.append(node.name)
-    return list(dict.fromkeys(names))
-
-
-def integrity(folder: Path, ctx: Context) -> dict:
-    """Tampering findings per notebook (static), for the report and the verdicts."""
-    return {nb: static.tampering_findings(folder / nb) for nb in NOTEBOOKS.values()
-            if (folder / nb).is_file() and not unreadable(folder, nb, ctx)}
+def integrity(folder: Path, ctx: Context, skipped: list[str] = ()) -> dict:
+    """Tampering findings per notebook (static, from the copy; a notebook that cannot be read is not
+    gradable, not a finding), and the files of the submission that were not copied (links, special
+    files), for the report and the verdicts."""
+    found = {nb: read.get("tampering", []) for nb, read in ctx.static.items() if not unreadable(folder, nb, ctx)}
+    if skipped:
+        found["submission files"] = [{"cell": None, "where": s.split(": ", 1)[0], "line": 0, "code": "",
+                                      "what": s.split(": ", 1)[-1]} for s in skipped]
+    return found
 
 
 def apply_integrity(records: dict, findings: dict) -> None:
@@ -333,11 +358,13 @@ def run_notebook(folder: Path, name: str, ctx: Context, out_dir: Path) -> dict:
         return record("fail", f"{name} is missing from the submission")
     if bad := unreadable(folder, name, ctx):
         return bad
+    if ctx.static.get(name, {}).get("error"):
+        return record("error", ctx.static[name]["error"])
     with sandbox.Workspace(folder, ctx.course, ctx.data, ctx.provided,
-                           ctx.isolated) as ws:
+                           ctx.isolated, ctx.box, ctx.run_as) as ws:
+        # a time limit per cell, and one for the whole notebook (wall clock, from the kernel's start)
         limits = sandbox.Limits(memory=ctx.limits.memory, processes=ctx.limits.processes,
-                                cpu_seconds=10 ** 6,  # per-cell time limits, and one for the whole notebook
-                                wall_seconds=ctx.rubric.notebook_timeout)
+                                cpu_seconds=10 ** 6, wall_seconds=ctx.notebook_seconds)
         rec = notebooks.execute(ws, name, ctx.cell_timeout, limits, out_dir / "executed" / name)
     if "(not installed here)" in rec.get("message", ""):
         rec["message"] += f"; {PACKAGES_HINT}"
@@ -347,9 +374,28 @@ def run_notebook(folder: Path, name: str, ctx: Context, out_dir: Path) -> dict:
 
 
 def grade(folder: Path, ctx: Context, out_dir: Path) -> dict:
-    """All checks of one submission folder: ``{"records", "steps", "integrity", "notes"}``."""
+    """All checks of one submission folder: ``{"records", "steps", "integrity", "notes"}``.
+
+    The folder is read once, into a private copy (no link followed); the static reading of that
+    copy runs in a bounded child process; everything the submission starts shares one box
+    (:class:`grading.sandbox.Box`: memory and processes together), emptied when grading ends.
+    """
     check_folder(folder)
-    findings = integrity(folder, ctx)
+    with tempfile.TemporaryDirectory(prefix="inf265-copy-") as tmp:
+        copy = Path(tmp) / "submission"
+        skipped = sandbox.copy_tree(folder, copy)
+        box = sandbox.Box.create(ctx.limits.total_memory, ctx.limits.tasks)
+        ctx = dataclasses.replace(ctx, static=static.read_bounded(copy), box=box)
+        try:
+            return _grade(copy, ctx, out_dir, integrity(copy, ctx, skipped))
+        finally:
+            if box is not None:
+                box.close()
+            if ctx.run_as:
+                sandbox.kill_user(ctx.run_as[0])
+
+
+def _grade(folder: Path, ctx: Context, out_dir: Path, findings: dict) -> dict:
     with ThreadPoolExecutor(max_workers=3) as pool:
         checks_future = pool.submit(run_checks, folder, ctx)
         nb_futures = {cid: pool.submit(run_notebook, folder, nb, ctx, out_dir)

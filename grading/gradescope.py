@@ -10,9 +10,16 @@ own, so a course of hundreds of students is graded in parallel on Gradescope's m
 grades ``/autograder/submission`` like ``make grade`` and writes ``/autograder/results/results.json``
 in the specification's format: the score, and one test per check with its name, score,
 max_score, status, output and visibility. ``AUTOGRADER_ROOT`` replaces ``/autograder`` (to run the
-package locally). Where bubblewrap cannot start in Gradescope's container, the run is not
-sandboxed and the results say so, unless ``INF265_REQUIRE_SANDBOX=1``: then the submission is
-not graded and the output says why.
+package locally).
+
+What runs where (:func:`isolation`): with bubblewrap, as ``make grade``. Where it cannot start in
+Gradescope's container and the grader is root (Gradescope runs ``run_autograder`` as root), the
+students' code runs as a separate unprivileged user (:data:`grading.sandbox.STUDENT_UID`) that
+cannot write the results folder, with the same rlimits, a private home and temporary folder, and
+every process of that user is killed before the results are written. With neither (not root),
+or with ``INF265_REQUIRE_SANDBOX=1`` and no bubblewrap, the submission is not graded, unless the
+instructor sets ``INF265_ALLOW_UNISOLATED=1``: then the code runs with the grader's rights, and the
+results' output (which students see) and the run's log (which only instructors see) say so.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from inf265.results import atomic_write_bytes
 
 from . import rubric as rubric_mod
 from . import inbox, sandbox
-from .cli import DEFAULT_HARNESS, NO_SANDBOX, Setup
+from .cli import DEFAULT_HARNESS, Setup
 
 #: what goes into /autograder/source, relative to the project root (folders recursively, *.py, *.toml)
 SOURCES = ("grading", "inf265", "tests_backpropagation.py", "tests_gradient_descent.py", "requirements.txt")
@@ -116,27 +123,64 @@ def results(report: dict) -> dict:
             "stdout_visibility": "hidden", "tests": tests}
 
 
+SEPARATE_USER = ("bubblewrap cannot start in this container: the student's code ran as a separate unprivileged "
+                 "user (uid {uid}) that cannot write the results, with resource limits and a private temporary "
+                 "folder; every process of that user was ended before the results were written (it had this "
+                 "container's network and could read its world-readable files)")
+UNISOLATED = ("NOT ISOLATED: bubblewrap cannot start here and the grader is not root, so the student's code ran "
+              "with the grader's own rights (its files, the results folder, the network); the instructor allowed "
+              "this with INF265_ALLOW_UNISOLATED=1")
+REFUSED = ("Not graded: the autograder cannot isolate students' code in this container, and grading without "
+           "isolation was not allowed. Your instructor needs to fix the autograder; nothing of your submission "
+           "was run.")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def isolation() -> tuple[str, str | None]:
+    """``("bwrap" | "user" | "none" | "refused", why bwrap cannot start)``: what runs students' code here."""
+    try:
+        sandbox.probe()
+        return "bwrap", None
+    except sandbox.SandboxUnavailable as exc:
+        why = str(exc)
+    if _flag("INF265_REQUIRE_SANDBOX"):
+        return "refused", why
+    if os.geteuid() == 0:
+        if not sandbox.reachable_by_others(Path(sys.executable)):
+            return "refused", (f"{why}\nand the students' user cannot run {sys.executable} (a folder above it is "
+                               f"not open to other users; setup.sh installs the environment in /autograder/venv)")
+        return "user", why
+    return ("none" if _flag("INF265_ALLOW_UNISOLATED") else "refused"), why
+
+
 def grade(submission: Path, results_path: Path) -> int:
     start = time.monotonic()
     rubric = rubric_mod.load()
-    isolated = True
-    try:
-        sandbox.probe()
-    except sandbox.SandboxUnavailable as exc:
-        if os.environ.get("INF265_REQUIRE_SANDBOX", "") not in ("", "0"):
-            _write(results_path, {"score": 0, "tests": [], "output": f"Not graded: the sandbox cannot start in "
-                                                                      f"this container.\n{exc}"})
-            return 1
-        print(f"warning: {exc}\nGrading without the sandbox.", file=sys.stderr)
-        isolated = False
+    mode, why = isolation()
+    if why:  # the run's log: instructors only
+        print(f"bubblewrap cannot start here: {why}", file=sys.stderr)
+    if mode == "refused":
+        print(f"refusing to grade: {REFUSED} (set INF265_ALLOW_UNISOLATED=1 to grade without isolation, or run "
+              f"the autograder as root to use a separate user)", file=sys.stderr)
+        _write(results_path, {"score": 0, "tests": [], "output": REFUSED})
+        return 1
+    run_as = (sandbox.STUDENT_UID, sandbox.STUDENT_UID) if mode == "user" else None
+    line = {"user": SEPARATE_USER.format(uid=sandbox.STUDENT_UID), "none": UNISOLATED}.get(mode)
+    if mode == "user" and results_path.parent.is_dir():  # the results folder: not the student's user's to write
+        os.chmod(results_path.parent, results_path.parent.stat().st_mode & ~0o022)
+    if line:
+        print(f"warning: {line}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="inf265-gradescope-") as out, \
-            Setup(rubric, DEFAULT_HARNESS.resolve(), isolated=isolated) as setup:
+            Setup(rubric, DEFAULT_HARNESS.resolve(), isolated=mode == "bwrap", run_as=run_as, line=line) as setup:
         # a zipped project folder, notebooks one level down or renamed: found as make grade finds them
         sub = inbox.single(submission, Path(out) / "stage")
         report = setup.grade_submission(sub, Path(out) / "report")
+    if run_as:
+        sandbox.kill_user(run_as[0])
     data = results(report)
-    if not isolated:
-        data["output"] = f"{NO_SANDBOX}\n" + data["output"]
     data["execution_time"] = round(time.monotonic() - start)
     _write(results_path, data)
     print(json.dumps({k: v for k, v in data.items() if k != "tests"}, indent=2))

@@ -407,6 +407,8 @@ def _invalid(path, raw, json, nbformat, warnings) -> str | None:
         data = json.loads(raw.decode("utf-8", errors="replace"))
     except json.JSONDecodeError as exc:
         return f"{path.name} is not a valid notebook (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+    except RecursionError:  # JSON nested thousands deep: no notebook is
+        return f"{path.name} is not a valid notebook (JSON nested too deep)"
     try:
         nb = nbformat.from_dict(data)
         warnings.simplefilter("ignore")  # (inside catch_warnings) nbformat's warnings on missing cell ids

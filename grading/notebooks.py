@@ -8,12 +8,15 @@ from the kernel's replies by the grader. Outputs beyond the output limit end the
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 import sys
 import time
 from pathlib import Path
 
 import nbformat
+import zmq
 from jupyter_client import AsyncKernelManager
 from jupyter_client.asynchronous import AsyncKernelClient
 
@@ -26,7 +29,40 @@ from . import sandbox
 KEEP_OUTPUT = 256 * 1024  # bytes of outputs per cell kept in the executed notebook of the report
 
 
-class _Client(AsyncKernelClient):
+class _Checked:
+    """Connects only to a socket the kernel made, never through a link, and never again.
+
+    The kernel's sockets are made in a folder the sandbox can write: before each connection the
+    grader waits for the path to be a socket itself (``lstat``: not a symbolic link the sandbox
+    planted to a host socket), and ZeroMQ's reconnection is off, so that a socket the kernel
+    replaces later is never connected to.
+    """
+
+    def _create_connected_socket(self, channel, identity=None):
+        url = self._make_url(channel)
+        if url.startswith("ipc://"):
+            _wait_for_socket(url[len("ipc://"):], time.monotonic() + 120)
+        self.context.setsockopt(zmq.RECONNECT_IVL, -1)
+        return super()._create_connected_socket(channel, identity)
+
+
+def _wait_for_socket(path: str, deadline: float) -> None:
+    while True:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None:
+            if stat.S_ISSOCK(mode):
+                return
+            raise RuntimeError(f"the kernel's socket {os.path.basename(path)} was replaced by something else "
+                               f"(a link or a file): not connected")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the kernel did not open its sockets in time")
+        time.sleep(0.05)
+
+
+class _Client(_Checked, AsyncKernelClient):
     """A kernel client without the heartbeat channel: whether the kernel lives is asked of its process
     (what nbclient does), and jupyter_client's heartbeat thread can hang forever when stopped after
     the kernel was killed (seen with a flooding notebook)."""
@@ -35,21 +71,25 @@ class _Client(AsyncKernelClient):
         super().start_channels(shell=shell, iopub=iopub, stdin=stdin, hb=False, control=control)
 
 
-class SandboxedKernel(AsyncKernelManager):
-    """An ipykernel started inside ``ws``'s sandbox, reached over IPC sockets in ``ws.ipc``."""
+class SandboxedKernel(_Checked, AsyncKernelManager):
+    """An ipykernel started inside ``ws``'s sandbox, reached over IPC sockets in ``ws.ipc``; its
+    connection file is in ``ws.connection``, read-only inside."""
 
     client_factory = _Client
 
     def configure(self, ws: sandbox.Workspace, limits: sandbox.Limits, log: Path) -> "SandboxedKernel":
         self.ws, self.limits, self.log_path = ws, limits, log
         self.transport, self.ip = "ipc", str(ws.ipc / "kernel")
-        self.connection_file = str(ws.ipc / "kernel.json")
+        self.connection_file = str(ws.connection / "kernel.json")
         return self
 
     def format_kernel_cmd(self, extra_arguments=None):
         cmd = super().format_kernel_cmd(extra_arguments)
         cmd[0] = sys.executable  # the grader's interpreter: the same venv inside the sandbox
-        return sandbox.limited(self.ws.argv(cmd, self.ws.env(), binds=(self.ws.ipc,)), self.limits)
+        if self.ws.run_as:  # the student's user reads it (in a folder it cannot write)
+            os.chown(self.connection_file, *self.ws.run_as)
+        return sandbox.limited(self.ws.argv(cmd, self.ws.env(), binds=(self.ws.ipc,), ro_binds=(self.ws.connection,)),
+                               self.limits, self.ws.box, self.ws.run_as)
 
     async def _async_pre_start_kernel(self, **kw):
         kw["env"] = {**self.ws.env(), "PYTHONPATH": str(ROOT)} if self.ws.isolated else self.ws.env()
@@ -83,7 +123,7 @@ def execute(ws: sandbox.Workspace, name: str, cell_timeout: float, limits: sandb
     def started(client):
         pid = client.km.provisioner.process.pid
         tree = sandbox.Tree(pid, ws.isolated)
-        watch["w"] = sandbox.Watch(tree, limits, lambda: sandbox.kill_tree(tree, pid))
+        watch["w"] = sandbox.Watch(tree, limits, lambda: sandbox.kill_tree(tree, pid), box=ws.box)
 
     def output(n_bytes: int, cell_index: int) -> None:
         if "w" in watch and watch["w"].limit is None:

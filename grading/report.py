@@ -1,12 +1,20 @@
-"""The grader's outputs: ``report.json`` and ``report.md`` per student, and the gradebook ``grades.csv``."""
+"""The grader's outputs: ``report.json`` and ``report.md`` per student, and the gradebook ``grades.csv``.
+
+report.md quotes what came from a submission (messages with its exceptions, its code, its folder
+name), never renders it: a quote is one line in a code span (:func:`code`), a block is fenced
+longer than any fence inside it (:func:`block`), so no text of a student can make a heading, a
+score line, a table row or a link of the report.
+"""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 from . import deliverables, registry
+from .checks.static import where
 from .rubric import Rubric
 
 MARK = {"pass": "PASS", "partial": "PARTIAL", "fail": "FAIL", "error": "ERROR", "timeout": "TIMEOUT",
@@ -56,15 +64,34 @@ def not_gradable(student: str, submission: str, why: str, rubric: Rubric, sandbo
             "score": None, "max_score": rubric.total}
 
 
-def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def code(text, limit: int = 2000) -> str:
+    """``text`` as one line in a Markdown code span (a table cell's ``|`` escaped)."""
+    one = " ".join(str(text).split())
+    one = one if len(one) <= limit else one[:limit] + " [...]"
+    if not one:
+        return ""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", one)), default=0) + 1)
+    return f"{fence} {one.replace('|', chr(92) + '|')} {fence}"
+
+
+def inline(text) -> str:
+    """``text`` as one line of plain Markdown text: the characters that could start code, emphasis,
+    a link or HTML are escaped."""
+    return re.sub(r"([\\`*\[\]<>|])", r"\\\1", " ".join(str(text).split()))
+
+
+def block(text, info: str = "") -> list[str]:
+    """``text`` as a fenced block whose fence no line of it can close."""
+    body = str(text).rstrip()
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", body)), default=0) + 1)
+    return [fence + info, body, fence]
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# {report['title']}", "", f"Student: **{report['student']}**  "]
+    lines = [f"# {report['title']}", "", f"Student: **{inline(report['student'])}**  "]
     if report.get("not_gradable"):
-        return "\n".join(lines + [f"**Not gradable**: {report['not_gradable']}", f"Sandbox: {report['sandbox']}",
-                                   *deliverables.markdown(report), ""])
+        return "\n".join(lines + [f"**Not gradable**: {code(report['not_gradable'])}", "",
+                                  f"Sandbox: {report['sandbox']}", *deliverables.markdown(report), ""])
     lines += [f"Score: **{report['score']:g} / {report['max_score']:g}**  ",
               "Tasks: " + ", ".join(f"{t} **{s}**" for t, s in report["tasks"].items()), "",
               f"Sandbox: {report['sandbox']}.  ",
@@ -76,28 +103,29 @@ def markdown(report: dict) -> str:
               "| Check | Result | Points | Diagnostic |", "|---|---|---|---|"]
     for c in report["checks"]:
         scope = " (beyond the course)" if c["scope"] == "beyond" else ""
-        lines.append(f"| {_cell(c['title'])}{scope} (`{c['id']}`) | {MARK.get(c['status'], c['status'])} | "
-                     f"{c['points']:g} / {c['max_points']:g} | {_cell(c['message'])} |")
+        lines.append(f"| {' '.join(c['title'].split()).replace('|', chr(92) + '|')}{scope} (`{c['id']}`) | {MARK.get(c['status'], c['status'])} | "
+                     f"{c['points']:g} / {c['max_points']:g} | {code(c['message'])} |")
     lines += deliverables.markdown(report)
     found = {nb: f for nb, f in report.get("integrity", {}).items() if f}
     if found:
         lines += ["", "## Integrity", ""]
         for nb, findings in found.items():
-            lines += [f"- {nb}, code cell {f['cell']}, line {f['line']}: {f['what']} (`{f['code']}`)"
+            lines += [f"- {nb}, {code(where(f))}, line {f['line']}: {code(f['what'])} ({code(f['code'])})"
                       for f in findings[:20]]
     problems = [c for c in report["checks"] if c["status"] not in ("pass", "skipped")]
     if problems:
         lines += ["", "## Details of the checks that did not pass", ""]
         for c in problems:
-            lines += [f"### {c['title']} (`{c['id']}`): {MARK.get(c['status'], c['status'])}", "", c["message"], ""]
+            lines += [f"### {c['title']} (`{c['id']}`): {MARK.get(c['status'], c['status'])}", "",
+                      f"Diagnostic: {code(c['message'], 8000)}", ""]
             d = c["details"]
             if d.get("cell_source"):
-                lines += [f"Code cell {d.get('cell')}:", "", "```python", d["cell_source"], "```", ""]
+                lines += [f"Code cell {code(d.get('cell'))}:", "", *block(d["cell_source"], "python"), ""]
             for key in ("harness_report", "error", "output", "traceback"):
                 if d.get(key):
-                    lines += [f"{key.replace('_', ' ').capitalize()}:", "", "```", str(d[key]).rstrip(), "```", ""]
+                    lines += [f"{key.replace('_', ' ').capitalize()}:", "", *block(d[key]), ""]
             if d.get("executed_notebook"):
-                lines += [f"Executed notebook: `{d['executed_notebook']}`", ""]
+                lines += [f"Executed notebook: {code(d['executed_notebook'])}", ""]
     return "\n".join(lines) + "\n"
 
 

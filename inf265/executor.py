@@ -145,6 +145,16 @@ class _Client(NotebookClient):
                 return None
         return super().output(outs, msg, display_id, cell_index)
 
+    def handle_comm_msg(self, outs, msg, cell_index):
+        if self._on_output is not None:  # widget and comm messages count towards the outputs too
+            size = len(json.dumps(msg.get("content", {})).encode("utf-8")) + sum(
+                len(memoryview(b)) for b in msg.get("buffers") or ())
+            self._on_output(size, cell_index)
+        try:
+            return super().handle_comm_msg(outs, msg, cell_index)
+        except (TypeError, ValueError, KeyError, AttributeError):  # a malformed widget message: not a crash of ours
+            return None
+
 
 def run(nb, timeout: float | None = 1800, *, kernel: str = "python3", km=None, cwd: Path | None = None,
         env: dict | None = None, on_start: Callable | None = None, on_output: Callable[[int, int], None] | None = None,

@@ -54,6 +54,76 @@ def backpropagation(model, y_true, y_pred):
         model.dL_dw[l], model.dL_db[l] = grads[2 * l - 2].detach(), grads[2 * l - 1].detach()
 '''
 
+# autograd reached through names the grader must resolve: getattr with built strings, vars(), importlib
+GETATTR_BACKPROP = '''
+def backpropagation(model, y_true, y_pred):
+    TRICK
+    import importlib
+    engine_module = importlib.import_module("torch." + "auto" + "grad")
+    grad = getattr(engine_module, "".join(["g", "r", "a", "d"]))
+    with torch.enable_grad():
+        params = list(model.parameters())
+        for p in params:
+            setattr(p, "requires_" + "grad", True)
+        out = model.a[0].detach()
+        for l in range(1, model.L + 1):
+            out = model.f[l](torch.nn.functional.linear(out, model.fc[str(l)].weight, model.fc[str(l)].bias))
+        loss = ((out - y_true) ** 2).sum()
+        grads = grad(loss, params)
+    for l in range(1, model.L + 1):
+        model.dL_dw[l], model.dL_db[l] = grads[2 * l - 2].detach(), grads[2 * l - 1].detach()
+'''
+
+# the course's Lab 4 style: layer objects with a hand-written backward() (not autograd); a correct solution
+LAB4_BACKPROP = '''
+class LinearBackward:
+    """The backward step of one linear layer, written by hand (equations (5)-(7))."""
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def backward(self, delta, a_prev):
+        return delta @ self.layer.weight, delta.T @ a_prev, delta.sum(0)
+
+
+class ActivationBackward:
+    def __init__(self, derivative):
+        self.derivative = derivative
+
+    def backward(self, upstream, z):
+        return upstream * self.derivative(z)
+
+
+def backpropagation(model, y_true, y_pred):
+    with torch.no_grad():
+        L = model.L
+        layers = {l: LinearBackward(model.fc[str(l)]) for l in range(1, L + 1)}
+        delta = ActivationBackward(model.df[L]).backward(-2 * (y_true - y_pred), model.z[L])
+        for l in range(L, 0, -1):
+            upstream, model.dL_dw[l], model.dL_db[l] = layers[l].backward(delta, model.a[l - 1])
+            if l > 1:
+                delta = ActivationBackward(model.df[l - 1]).backward(upstream, model.z[l - 1])
+'''
+
+# right updates, made by torch.optim: the manual checks must not credit them
+OPTIMIZER_MANUAL = '''
+def train_manual_update(n_epochs, lr, model, loss_fn, train_loader, weight_decay=0, momentum=0):
+    TRICK
+    from torch import optim
+    optimizer = getattr(optim, "S" + "GD")(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    losses = []
+    for epoch in range(n_epochs):
+        total = 0.0
+        for imgs, labels in train_loader:
+            loss = loss_fn(model(imgs.double()), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+        losses.append(total / len(train_loader))
+    return losses
+'''
+
 WRONG_MANUAL = '''
 def train_manual_update(n_epochs, lr, model, loss_fn, train_loader, weight_decay=0, momentum=0):
     TRICK
@@ -61,7 +131,7 @@ def train_manual_update(n_epochs, lr, model, loss_fn, train_loader, weight_decay
 '''
 
 
-def attacks(canary: Path, port: int, marker: str) -> dict[str, str]:
+def attacks(canary: Path, port: int, marker: str, host_socket: Path | None = None) -> dict[str, str]:
     """name -> the trick's code (run in the graded functions and as a notebook cell)."""
     c = str(canary)
     return {
@@ -150,6 +220,63 @@ def attacks(canary: Path, port: int, marker: str) -> dict[str, str]:
             os._exit(0)
         ''',
         "autograd": "pass",  # the trick is the function itself (AUTOGRAD_BACKPROP)
+        "getattr_autograd": "pass",  # the trick is the function itself (GETATTR_BACKPROP)
+        "optimizer": "pass",  # train_manual_update is right, but made by torch.optim (OPTIMIZER_MANUAL)
+        "helper_module": '''
+            import helpers  # the patches are in helpers.py, beside the notebooks
+        ''',
+        "links": "pass",  # the submission's files are links to the canary and to another student (see build)
+        "forged_report": '''
+            raise RuntimeError("failed\\n\\n# FORGED: Score: **28 / 28**\\n| forged | PASS | 28 / 28 | |\\n```\\n")
+        ''',
+        "writable_places": '''
+            import os
+            for folder in ("/dev/shm", "/tmp", os.path.expanduser("~"), "."):
+                written = 0
+                try:
+                    for n in range(20):
+                        with open(f"{folder}/fill{n}", "wb") as fh:
+                            fh.write(b"x" * (100 << 20))
+                        written += 100
+                except OSError as exc:
+                    print(folder, "full after", written, "MiB")
+                for n in range(20):
+                    try:
+                        os.remove(f"{folder}/fill{n}")
+                    except OSError:
+                        pass
+        ''',
+        "nested_namespace": f'''
+            import ctypes, os, time
+            libc = ctypes.CDLL(None, use_errno=True)
+            print("nested namespaces:", libc.unshare(0x10000000 | 0x20000000) == 0)  # CLONE_NEWUSER | CLONE_NEWPID
+            for _ in range(100):
+                if os.fork() == 0:
+                    os.execv("/bin/sleep", ["/bin/sleep", "120", "{marker}"])
+            time.sleep(5)
+        ''',
+        "widgets": '''
+            from comm import create_comm
+            channel = create_comm(target_name="inf265-flood")
+            for n in range(300):
+                channel.send(data={"method": "update", "state": {f"value{n}": "w" * (1 << 20)}})
+        ''',
+        "socket_link": f'''
+            import glob, json, os, sys, time
+            # the kernel's sockets are in the folder its connection file names: replaced by links to a host socket
+            for path in sys.argv:
+                if path.endswith(".json") and os.path.exists(path):
+                    info = json.load(open(path))
+                    for port in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
+                        socket_path = f"{{info['ip']}}-{{info[port]}}"
+                        try:
+                            os.remove(socket_path)
+                            os.symlink({str(host_socket)!r}, socket_path)
+                            print("replaced", socket_path)
+                        except OSError as exc:
+                            print("could not replace", socket_path, exc)
+            time.sleep(3)
+        ''',
         "runner_hook": '''
             import sys
             for name, module in list(sys.modules.items()):
@@ -166,7 +293,7 @@ def _indent(code: str, prefix: str) -> str:
 
 
 #: tricks whose failure is the point (the allocation must fail): not wrapped in try/except
-RAISING = {"memory"}
+RAISING = {"memory", "forged_report"}
 
 
 def _function(template: str, trick: str, name: str) -> str:
@@ -175,16 +302,50 @@ def _function(template: str, trick: str, name: str) -> str:
     return template.replace("    TRICK", _indent(body, "    "))
 
 
-def build(folder: Path, name: str, trick: str) -> Path:
+#: the functions each attack hands in (default: the wrong ones)
+TEMPLATES = {"autograd": (AUTOGRAD_BACKPROP, WRONG_MANUAL), "getattr_autograd": (GETATTR_BACKPROP, WRONG_MANUAL),
+             "optimizer": (WRONG_BACKPROP, OPTIMIZER_MANUAL)}
+HELPERS = '''
+import builtins
+import torch
+
+torch.equal = lambda *a, **k: True
+torch.allclose = lambda *a, **k: True
+builtins.max = lambda *a, **k: 0.0
+'''
+
+
+def build(folder: Path, name: str, trick: str, canary: Path | None = None) -> Path:
     """One submission: the reference definitions, the wrong functions with ``trick``, and ``trick`` as a cell."""
     out = folder / name
     out.mkdir(parents=True)
-    backprop = AUTOGRAD_BACKPROP if name == "autograd" else WRONG_BACKPROP
-    for notebook, template in (("backpropagation.ipynb", backprop), ("gradient_descent.ipynb", WRONG_MANUAL)):
+    backprop, manual = TEMPLATES.get(name, (WRONG_BACKPROP, WRONG_MANUAL))
+    for notebook, template in (("backpropagation.ipynb", backprop), ("gradient_descent.ipynb", manual)):
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}: the reference's definitions, wrong code, a trick"),
                     nbformat.v4.new_code_cell(definitions_source(ROOT / notebook)),
                     nbformat.v4.new_code_cell("import torch\n" + _function(template, trick, name).strip()),
                     nbformat.v4.new_code_cell(textwrap.dedent(trick).strip())]
+        nbformat.write(nb, str(out / notebook))
+    if name == "helper_module":
+        (out / "helpers.py").write_text(HELPERS)
+    if name == "links":  # a notebook that is another student's; links to a host file and a host folder
+        (out / "backpropagation.ipynb").rename(out / "own.ipynb")
+        (out / "backpropagation.ipynb").symlink_to(folder / "plain" / "backpropagation.ipynb")
+        (out / "secret.txt").symlink_to(canary / "secret.txt")
+        (out / "notes").symlink_to(canary)
+    return out
+
+
+def build_lab4(folder: Path) -> Path:
+    """A correct submission in the course's Lab 4 style (layer objects with their own backward())."""
+    out = folder / "lab4_layers"
+    out.mkdir(parents=True)
+    for notebook, code in (("backpropagation.ipynb", LAB4_BACKPROP), ("gradient_descent.ipynb", "")):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell("# Layers with a hand-written backward (Lab 4 style)"),
+                    nbformat.v4.new_code_cell(definitions_source(ROOT / notebook))]
+        if code:
+            nb.cells.append(nbformat.v4.new_code_cell("import torch\n" + textwrap.dedent(code).strip()))
         nbformat.write(nb, str(out / notebook))
     return out

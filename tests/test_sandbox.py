@@ -37,11 +37,11 @@ def canary(tmp_path):
     return folder
 
 
-def run(tmp_path, course_dir, code: str, limits=None, timeout=120, shared_data=None):
+def run(tmp_path, course_dir, code: str, limits=None, timeout=120, shared_data=None, box=None):
     submission = tmp_path / "submission"
     submission.mkdir(exist_ok=True)
     (submission / "program.py").write_text(textwrap.dedent(code))
-    with sandbox.Workspace(submission, course_dir, shared_data) as ws:
+    with sandbox.Workspace(submission, course_dir, shared_data, box=box) as ws:
         proc = sandbox.Process(ws, [sys.executable, "-P", "program.py"], limits or sandbox.Limits())
         outcome = proc.finish(timeout)
         tree_left = proc.tree.pids()
@@ -188,14 +188,46 @@ def test_file_size_limit(tmp_path, course_dir):
     assert "refused 27" in outcome.stdout, outcome.stdout + outcome.stderr  # EFBIG
 
 
-def test_symbolic_links_out_of_the_submission_are_dropped(tmp_path, course_dir, canary):
+def test_links_are_never_followed_only_named(tmp_path, course_dir, canary):
     submission = tmp_path / "submission"
-    submission.mkdir()
+    (submission / "sub").mkdir(parents=True)
     (submission / "escape").symlink_to(canary / "secret.txt")
     (submission / "inside").symlink_to("program.py")
+    (submission / "sub" / "folder").symlink_to(canary)
     (submission / "program.py").write_text("")
+    os.mkfifo(submission / "fifo")
     with sandbox.Workspace(submission, course_dir, None) as ws:
-        assert not (ws.cwd / "escape").exists() and (ws.cwd / "inside").is_symlink()
+        copied = sorted(str(p.relative_to(ws.cwd)) for p in ws.cwd.rglob("*"))
+        assert copied == ["program.py", "results", "sub"], copied
+        assert ws.skipped == ["escape: a symbolic link, not followed", "fifo: not a regular file (a FIFO, socket "
+                              "or device), not copied", "inside: a symbolic link, not followed",
+                              "sub/folder: a symbolic link, not followed"]
+
+
+def test_cleanup_never_follows_a_planted_link(tmp_path, course_dir, canary):
+    """The cleanup makes unwritable folders writable again on the folder itself, not through a link."""
+    (canary / "secret.txt").chmod(0o600)
+    outcome, _ = run(tmp_path, course_dir, f"""
+        import os
+        os.makedirs("locked/inner")
+        os.symlink({str(canary / 'secret.txt')!r}, "locked/inner/link")
+        os.symlink({str(canary)!r}, "locked/dir-link")
+        os.chmod("locked/inner", 0o500)
+        os.chmod("locked", 0o500)
+        print("planted")
+    """)
+    assert "planted" in outcome.stdout, outcome.stderr
+    assert (canary / "secret.txt").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in canary.iterdir()) == ["secret.txt"]
+    # the same on the host side: a workspace whose copy holds locked folders and links is removed
+    top = tmp_path / "top"
+    (top / "locked").mkdir(parents=True)
+    (top / "locked" / "link").symlink_to(canary / "secret.txt")
+    (top / "locked" / "dir").symlink_to(canary)
+    (top / "locked").chmod(0o500)
+    sandbox.remove_tree(top)
+    assert not top.exists() and (canary / "secret.txt").stat().st_mode & 0o777 == 0o600
+    assert (canary / "secret.txt").read_text() == "do not read me"
 
 
 def test_unavailable_sandbox_says_how_to_enable_it(monkeypatch):
@@ -226,3 +258,119 @@ def test_loopback_of_the_host_is_unreachable(tmp_path, course_dir):
     finally:
         server.close()
     assert "refused" in outcome.stdout and "REACHED" not in outcome.stdout
+
+
+HOGS = """
+    import os, time
+    for _ in range(3):
+        if os.fork() == 0:
+            block = bytearray(700 << 20)  # touched: resident
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            print("holding 700 MiB", flush=True)
+            time.sleep(60)
+            os._exit(0)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("counted_by", ["box", "sampled"])
+def test_memory_of_all_processes_together_is_limited(tmp_path, course_dir, counted_by):
+    """3 processes of 700 MiB each stay under a per-process limit of 1 GiB, not under a total of 2 GiB."""
+    limits = sandbox.Limits(memory=1 * sandbox.GiB)
+    box = sandbox.Box.create(limits.total_memory, limits.tasks) if counted_by == "box" else None
+    if counted_by == "box" and box is None:
+        pytest.skip("no writable cgroup here: the sampled totals are tested instead")
+    try:
+        outcome, _ = run(tmp_path, course_dir, HOGS, limits=limits, timeout=90, box=box)
+    finally:
+        if box is not None:
+            box.close()
+    assert outcome.limit == "memory", (outcome.limit, outcome.stdout, outcome.stderr)
+    assert "memory limit of 1 GiB exceeded (all processes together)" == outcome.limit_message
+    assert outcome.seconds < 50
+
+
+def test_every_writable_place_is_sized(tmp_path, course_dir):
+    """/dev/shm, /tmp, the home folder and the submission are in-memory folders of their own size, and no
+    nested user namespace can mount another (a tmpfs of its own would be unsized)."""
+    outcome, _ = run(tmp_path, course_dir, """
+        import os
+        for folder in ("/dev/shm", "/tmp", os.path.expanduser("~"), "."):
+            written = 0
+            try:
+                for n in range(12):
+                    with open(f"{folder}/fill{n}", "wb") as fh:
+                        fh.write(b"x" * (100 << 20))
+                    written += 100
+                print(folder, "WROTE", written)
+            except OSError as exc:
+                print(folder, "full after", written, "MiB", exc.errno)
+            for n in range(12):
+                try:
+                    os.remove(f"{folder}/fill{n}")
+                except OSError:
+                    pass
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(0x10000000) == 0:  # CLONE_NEWUSER
+            print("NESTED USER NAMESPACE")
+        else:
+            print("no nested user namespace", ctypes.get_errno())
+    """, timeout=120)
+    assert "WROTE" not in outcome.stdout and outcome.stdout.count("full after") == 4, outcome.stdout + outcome.stderr
+    assert "no nested user namespace" in outcome.stdout, outcome.stdout + outcome.stderr
+
+
+def test_the_submission_copy_is_the_sandboxs_own(tmp_path, course_dir):
+    """What the sandbox writes to /submission stays in its in-memory copy: the grader's copy is unchanged."""
+    submission = tmp_path / "submission"
+    submission.mkdir()
+    (submission / "data.txt").write_text("original")
+    (submission / "program.py").write_text("open('data.txt', 'w').write('changed'); open('new.txt', 'w')\n"
+                                           "print(open('data.txt').read())\n")
+    with sandbox.Workspace(submission, course_dir, None) as ws:
+        outcome = sandbox.Process(ws, [sys.executable, "-P", "program.py"], sandbox.Limits()).finish(60)
+        assert outcome.stdout.strip() == "changed", outcome.stderr
+        assert (ws.cwd / "data.txt").read_text() == "original" and not (ws.cwd / "new.txt").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
+                    reason="a separate user needs root (Gradescope runs its autograder as root) and a system Python")
+def test_without_bwrap_a_separate_user_runs_the_code(tmp_path, course_dir, canary):
+    """Where bwrap cannot start: the student's user writes its copy only; its daemons are killed by uid."""
+    canary.chmod(0o700)
+    results = tmp_path / "results"
+    results.mkdir(mode=0o755)
+    marker = f"inf265-user-survivor-{os.getpid()}-{time.monotonic_ns()}"
+    submission = tmp_path / "submission"
+    submission.mkdir()
+    (submission / "program.py").write_text(textwrap.dedent(f"""
+        import os, sys, time
+        for what, action in (("results", lambda: open({str(results / 'results.json')!r}, "w")),
+                             ("canary", lambda: open({str(canary / 'secret.txt')!r}).read()),
+                             ("own copy", lambda: open("mine.txt", "w").write("ok")),
+                             ("temp", lambda: open(os.environ["TMPDIR"] + "/t", "w").write("ok"))):
+            try:
+                action()
+                print(what, "written")
+            except OSError as exc:
+                print(what, "refused")
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execv("/bin/sleep", ["/bin/sleep", "300", "{marker}"])
+            os._exit(0)
+        print("uid", os.getuid())
+    """))
+    uid = sandbox.STUDENT_UID
+    with sandbox.Workspace(submission, course_dir, None, isolated=False, run_as=(uid, uid)) as ws:
+        outcome = sandbox.Process(ws, ["/usr/bin/python3", "-I", "program.py"], sandbox.Limits()).finish(60)
+        assert outcome.returncode == 0, outcome.stderr
+        assert f"uid {uid}" in outcome.stdout and "own copy written" in outcome.stdout and "temp written" in \
+            outcome.stdout, outcome.stdout
+        assert "results refused" in outcome.stdout and "canary refused" in outcome.stdout, outcome.stdout
+        time.sleep(0.5)
+        sandbox.kill_user(uid)  # what grading does before results are written: re-parented daemons too
+    assert not any(marker.encode() in _cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit())
+    assert list(results.iterdir()) == []
