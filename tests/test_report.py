@@ -353,3 +353,15 @@ def test_the_oscillation_of_the_largest_step_is_computed_from_per_epoch_values(r
     assert "the training loss jumps back up in 1 epoch (7, by up to 200 %)" in text
     assert "over the last 5 epochs its validation accuracy swings between 70.00 % and 90.00 % " \
            "(20.0 points), against at most 0.0 points" in text
+
+
+def test_the_sanity_checks_are_reported_when_the_results_hold_them(root):
+    def add_sanity(obj):
+        obj["sanity"] = {"initial_loss": 0.6912, "ln2": 0.693147,
+                         "tiny_subset": {"images": 20, "steps": 200, "final_loss": 3.2e-08}}
+
+    edit_results(root, add_sanity)
+    text = flat(build(root)[1])
+    assert re.search(r"The untrained MyMLP.s cross-entropy is 0\.691, close to ln 2", text)
+    assert "trained on 20 training images alone for" in text  # a page may break the sentence
+    assert "200 steps, it brings their loss down to 3.2" in text
