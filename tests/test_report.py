@@ -334,7 +334,7 @@ def test_the_row_with_the_lowest_loss_and_a_lower_accuracy_is_explained(root):
 
 
 def test_the_oscillation_of_the_largest_step_is_computed_from_per_epoch_values(root):
-    assert "read from the figure, not computed here" in flat(build(root)[1]) or \
+    assert "the size of the swings is read from the figure here" in flat(build(root)[1]) or \
         "history" in json.loads((root / GD).read_text())["configurations"][0]
 
     def add_histories(obj):
