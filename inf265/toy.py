@@ -138,6 +138,15 @@ def accuracy(y_out: torch.Tensor, y_true: torch.Tensor, logits: bool = False) ->
 
 
 # ------------------------------------------------------------------------------------ training
+def loss_backpropagation(definitions) -> Callable:
+    """The hand-written backpropagation of ``backpropagation.ipynb`` (its definitions, from
+    ``inf265.nbdefs.load_definitions``) that takes the loss by name, ``(model, y_true, y_pred,
+    loss=...)``: ``backpropagation_with_loss`` where the notebook's graded ``backpropagation`` is
+    the course's sum of squared errors only, else ``backpropagation`` itself."""
+    function = getattr(definitions, "backpropagation_with_loss", None)
+    return function if function is not None else definitions.backpropagation
+
+
 def predict(model: torch.nn.Module, X: torch.Tensor) -> torch.Tensor:
     """The network's output on ``X`` without recording a graph."""
     with torch.no_grad():
@@ -196,25 +205,41 @@ def gradient_descent(model, X: torch.Tensor, y: torch.Tensor, backpropagation: C
 
 
 def sgd_per_sample(model, X: torch.Tensor, y: torch.Tensor, backpropagation: Callable,
-                   loss: str = "mse", lr: float = 0.01, epochs: int = 100) -> list[float]:
+                   loss: str = "mse", lr: float = 0.01, epochs: int = 100, record: str = "after",
+                   tol: float | None = None) -> list[float]:
     """Stochastic gradient descent on one sample at a time (a batch of one), in data order.
 
     Each update: forward pass on one row ``X[i:i+1]``, ``backpropagation`` on it, then the same
     update as :func:`gradient_descent`; an epoch is one pass over the ``n`` rows (``n`` updates).
-    Returns the loss on all of ``X`` before training and after each epoch (``epochs + 1``
-    values), or fewer if training diverged: it stops after the first epoch whose loss is not
-    finite.
+
+    ``record="after"``: the loss on all of ``X`` before training and after each epoch
+    (``epochs + 1`` values). ``record="running"``: what a per-sample loop can report without an
+    extra pass, one value per epoch: the *sum* over the epoch of each sample's loss, taken just
+    before that sample's own update (the "loss" of the linear/XOR lab's tables).
+    ``tol``: stop after the first epoch whose recorded value differs from the previous one by less
+    than ``tol`` (the linear/XOR lab's early stopping; before the first epoch of a running record
+    the previous value is 0, as in that lab). Training also stops after the first epoch whose
+    value is not finite (diverged), so the list can be shorter than ``epochs``.
     """
     _check_training(X, y, loss, lr, "epochs", epochs)
+    if record not in ("after", "running"):
+        raise ValueError(f"record must be 'after' or 'running', got {record!r}")
+    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a positive number or None, got {tol!r}")
     samples, layers = [(X[i:i + 1], y[i:i + 1]) for i in range(X.shape[0])], _layers(model)
     with torch.no_grad():
-        history = [loss_value(model(X), y, loss).item()]
+        history = [loss_value(model(X), y, loss).item()] if record == "after" else []
         for _ in range(epochs):
+            total = 0.0
             for x_i, y_i in samples:
-                backpropagation(model, y_i, model(x_i), loss=loss)
+                y_pred = model(x_i)
+                if record == "running":
+                    total += loss_value(y_pred, y_i, loss).item()
+                backpropagation(model, y_i, y_pred, loss=loss)
                 _update(model, layers, lr)
-            history.append(loss_value(model(X), y, loss).item())
-            if not math.isfinite(history[-1]):
+            previous = history[-1] if history else 0.0
+            history.append(loss_value(model(X), y, loss).item() if record == "after" else total)
+            if not math.isfinite(history[-1]) or (tol is not None and abs(previous - history[-1]) < tol):
                 break
     return history
 
@@ -315,9 +340,9 @@ def plot_decision_boundary(ax, model, X: torch.Tensor, y: torch.Tensor, lim=None
     ax.set_ylabel("$x_2$")
     if legend:
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(handles),
-                  fontsize=7, handlelength=1.2, columnspacing=0.8, frameon=False)
+                  fontsize=8, handlelength=1.2, columnspacing=0.8, frameon=False)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=10)
     return ax
 
 
@@ -330,7 +355,7 @@ def plot_fit(ax, model, X: torch.Tensor, y: torch.Tensor, title: str | None = No
     ax.set_ylabel("$y$")
     ax.legend(fontsize=8)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=10)
     return ax
 
 
@@ -350,9 +375,9 @@ def plot_loss_curves(ax, curves: dict[str, list[float]], logy: bool = True, titl
         ax.set_ylim(lowest / 2 if logy else None, top)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=10)
     return ax
 
 

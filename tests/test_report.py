@@ -291,3 +291,77 @@ def test_the_table_shows_train_manual_update_equal_to_train_for_every_configurat
     text = flat(build(root)[1])
     assert "not identical" in text and name in text.split("not identical", 1)[1][:300]
     assert "all parameters are bitwise equal" not in text
+
+
+# ------------------------------------------------------------------------- (g) and the table
+def test_every_column_of_the_configuration_table_is_defined(root):
+    text = flat(build(root)[1])
+    for column in ("Train accuracy:", "val. accuracy:", "final train loss:", "manual = SGD:"):
+        assert column in text, f"the table's caption does not define {column!r}"
+
+
+def test_aggregates_say_over_which_rows_they_are_taken(root):
+    gd = json.loads((root / GD).read_text())
+    lr = max({c["lr"] for c in gd["configurations"]},
+             key=lambda v: sum(c["lr"] == v for c in gd["configurations"]))
+    rows = [i + 1 for i, c in enumerate(gd["configurations"]) if c["lr"] == lr]
+    text = flat(build(root)[1])
+    assert f"rows {rows[0]}–{rows[-1]} of Table 1" in text
+    assert re.search(r"The gap between training and validation accuracy, averaged over the \d+ "
+                     r"configurations at learning rate", text)
+
+
+def _lowest_loss_sentence(text):
+    return re.search(r"Row (\d+) has the lowest final training loss \((\S+)\) but a lower training "
+                     r"accuracy \((\S+) %\)", text)
+
+
+def test_the_row_with_the_lowest_loss_and_a_lower_accuracy_is_explained(root):
+    gd = json.loads((root / GD).read_text())
+    cfgs = gd["configurations"]
+    lowest = min(range(len(cfgs)), key=lambda i: cfgs[i]["final_train_loss"])
+    found = _lowest_loss_sentence(flat(build(root)[1]))
+    if any(c["train_accuracy"] > cfgs[lowest]["train_accuracy"] for c in cfgs):
+        assert found and int(found.group(1)) == lowest + 1
+    else:
+        assert not found
+
+    def most_accurate(obj):
+        obj["configurations"][lowest]["train_accuracy"] = 1.0
+
+    edit_results(root, most_accurate)
+    assert not _lowest_loss_sentence(flat(build(root)[1])), "nothing left to explain"
+
+
+def test_the_oscillation_of_the_largest_step_is_computed_from_per_epoch_values(root):
+    assert "the size of the swings is read from the figure here" in flat(build(root)[1]) or \
+        "history" in json.loads((root / GD).read_text())["configurations"][0]
+
+    def add_histories(obj):
+        cfgs = obj["configurations"]
+        fastest = max(cfgs, key=lambda c: c["lr"])
+        for c in cfgs:
+            loss = [1.0 / (e + 1) for e in range(10)]
+            val = [0.80] * 10
+            if c is fastest:
+                loss[6] = 3 * loss[5]  # epoch 7 jumps by 200 %
+                val = [0.80, 0.80, 0.80, 0.80, 0.80, 0.70, 0.90, 0.75, 0.85, 0.80]
+            c["history"] = {"train_loss": loss, "val_acc": val}
+
+    edit_results(root, add_histories)
+    text = flat(build(root)[1])
+    assert "the training loss jumps back up in 1 epoch (7, by up to 200 %)" in text
+    assert "over the last 5 epochs its validation accuracy swings between 70.00 % and 90.00 % " \
+           "(20.0 points), against at most 0.0 points" in text
+
+
+def test_the_sanity_checks_are_reported_when_the_results_hold_them(root):
+    def add_sanity(obj):
+        obj["sanity"] = {"initial_loss": 0.6912, "ln2": 0.693147,
+                         "tiny_subset": {"images": 20, "steps": 200, "final_loss": 3.2e-08}}
+
+    edit_results(root, add_sanity)
+    text = flat(build(root)[1])
+    assert re.search(r"The untrained MyMLP.s cross-entropy is 0\.691, close to ln 2", text)
+    assert "trained on 20 training images alone for" in text  # a page may break the sentence
+    assert "200 steps, it brings their loss down to 3.2" in text

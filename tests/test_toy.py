@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import matplotlib
 
@@ -26,8 +27,15 @@ torch.set_default_dtype(torch.double)
 
 @pytest.fixture(scope="module")
 def bp():
-    """The hand-written MyNet and backpropagation of backpropagation.ipynb (never a copy)."""
-    return load_definitions(ROOT / "backpropagation.ipynb", name="nb_backpropagation_for_toy_tests")
+    """The hand-written MyNet and backpropagation of backpropagation.ipynb (never a copy), the
+    backpropagation the one that takes the loss by name, as the toy notebook uses it."""
+    return _loss_general(load_definitions(ROOT / "backpropagation.ipynb",
+                                          name="nb_backpropagation_for_toy_tests"))
+
+
+def _loss_general(definitions):
+    return types.SimpleNamespace(MyNet=definitions.MyNet,
+                                 backpropagation=toy.loss_backpropagation(definitions))
 
 
 def autograd_backpropagation(model, y_true, y_pred, loss="sse"):
@@ -216,6 +224,55 @@ def test_per_sample_training_stops_when_it_diverges(bp):
         toy.sgd_per_sample(model, X, y, bp.backpropagation, epochs=-1)
     assert toy.sgd_per_sample(model, X, y, bp.backpropagation, epochs=0) == \
         [toy.loss_value(toy.predict(model, X), y, "mse").item()]
+
+
+def _lab1_reference(model, X, y, lr, epochs, tol):
+    """Lab 1's loop as its report writes it, with autograd for the gradients: per sample in data
+    order, the gradient of the squared error *without* the factor 2 (that of (y_hat - y)^2 / 2),
+    w -= lr * gradient; the epoch's loss is the sum of each sample's (y_hat - y)^2 before its
+    update; stop when it changes by less than tol from the previous epoch's (0 before the first)."""
+    history, previous = [], 0.0
+    for _ in range(epochs):
+        total = 0.0
+        for i in range(X.shape[0]):
+            model.zero_grad()
+            error = model(X[i:i + 1]) - y[i:i + 1]
+            total += (error ** 2).sum().item()
+            (error ** 2 / 2).sum().backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(p.grad, alpha=-lr)
+        history.append(total)
+        if abs(previous - total) < tol:
+            break
+        previous = total
+    return history
+
+
+def test_per_sample_running_record_and_early_stop_are_lab_1s_at_half_its_learning_rate(bp):
+    """Lab 1's loss sums, early stopping and halved gradient: sgd_per_sample(record="running",
+    tol=...) on the true MSE at lr / 2 is the lab's loop at lr (halving is exact in floating
+    point, so the two agree to rounding)."""
+    X, y = toy.generate_XOR_easy()
+    hand, ref = _pair(bp, [2, 8, 1], ["sigmoid", "identity"], seed=2)
+    a = toy.sgd_per_sample(hand, X, y, bp.backpropagation, loss="mse", lr=0.5 / 2, epochs=300,
+                           record="running", tol=0.02)
+    b = _lab1_reference(ref, X, y, lr=0.5, epochs=300, tol=0.02)
+    assert 2 < len(a) < 300, "the early stop should fire within the budget here"
+    assert len(a) == len(b) and max(abs(u - v) for u, v in zip(a, b)) < 1e-10
+    assert all(torch.allclose(p, q, rtol=0, atol=1e-12) for p, q in zip(hand.parameters(), ref.parameters()))
+    assert abs(a[-1] - a[-2]) < 0.02 <= min(abs(u - v) for u, v in zip(a[1:-1], a[:-2]))
+    with pytest.raises(ValueError, match="record must be"):
+        toy.sgd_per_sample(hand, X, y, bp.backpropagation, record="sum")
+    with pytest.raises(ValueError, match="tol must be a positive number"):
+        toy.sgd_per_sample(hand, X, y, bp.backpropagation, tol=0)
+
+
+def test_the_loss_general_backpropagation_is_found_by_either_name(bp):
+    plain = types.SimpleNamespace(backpropagation=bp.backpropagation)
+    assert toy.loss_backpropagation(plain) is bp.backpropagation
+    both = types.SimpleNamespace(backpropagation=print, backpropagation_with_loss=bp.backpropagation)
+    assert toy.loss_backpropagation(both) is bp.backpropagation
 
 
 @pytest.mark.parametrize("loss, activations, data", [
@@ -446,7 +503,8 @@ sys.path[:0] = [{root!r}, {tests!r}]
 import test_toy
 from inf265.nbdefs import load_definitions
 torch.set_default_dtype(torch.double)
-print(torch.get_num_threads(), test_toy._probe(load_definitions({notebook!r})))
+print(torch.get_num_threads(),
+      test_toy._probe(test_toy._loss_general(load_definitions({notebook!r}))))
 """
 
 
@@ -516,10 +574,36 @@ def test_notebook_prose_types_no_results():
 
 
 def test_notebook_runs_each_lab_setup():
-    """The labs' own setups are run, per sample where the lab updates per sample."""
+    """The labs' own setups are run: Lab 4's initialisation, Lab 1's per-sample updates at half its
+    learning rate (its gradient lacks the factor 2), its loss sums and early stopping, its whole
+    learning-rate grid; the lab's reported tables are printed beside ours."""
     nb = nbformat.read(ROOT / "toy_problems.ipynb", as_version=4)
     sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert '"network n_l": [2, 5, 3, 1], "learning rate": 0.25, "epochs": 2500' in sources
-    assert '"network n_l": [2, 256, 64, 1]' in sources and "toy.sgd_per_sample(" in sources
+    assert '"initialisation": "glorot"}' in sources
+    assert '"network n_l": [2, 256, 64, 1]' in sources and '"initialisation": "normal-all"' in sources
+    assert '"learning rates": [1.0, 0.1, 0.01, 0.001, 0.0001]' in sources
+    assert "toy.sgd_per_sample(" in sources and "lr=lr / 2" in sources
+    assert 'record="running"' in sources and 'tol=lab1["early stop below"]' in sources
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "At the lab's learning rate 0.01, its setup classifies every point of both tasks" in text
+    assert "Lab 1: loss" in text and "Lab 1: accuracy %" in text
+    assert "All 5 seeds bring the MSE below 0.01 within the lab's 2500 epochs" in text
+    assert "Linear task: at lr 0.1 to 0.0001 the lab's setup reaches" in text
+
+
+def test_notebook_code_is_readable():
+    """Code lines of at most 100 characters, code cells of at most 40 lines, headings named after
+    the labs (no section numbers that collide with the project text's), and the kernelspec as
+    ipykernel writes it (JupyterLab then opens the notebook unmodified)."""
+    nb = nbformat.read(ROOT / "toy_problems.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert not [line for source in code for line in source.splitlines() if len(line) > 100]
+    assert max(len(source.splitlines()) for source in code) <= 40
+    headings = [line for c in nb.cells if c.cell_type == "markdown"
+                for line in c.source.splitlines() if line.startswith("## ")]
+    assert headings[:4] == ["## Lab 4: five points", "## Lab 1: linear and XOR",
+                            "## CSC321 tutorial 5: circles, hand-written gradients against "
+                            "`torch.optim.SGD`",
+                            "## Homework 1: ReLU, sigmoid and binary cross-entropy"]
+    assert nb.metadata.kernelspec == {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                      "name": "python3"}
