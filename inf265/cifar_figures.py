@@ -47,12 +47,18 @@ def learning_curves(configs: list[dict], histories: dict[str, dict[str, list[flo
     styles = curve_styles(configs)
     panels = {}
     for mom in sorted({c["momentum"] for c in configs}):
-        panels[f"momentum {mom:g}"] = {curve_label(c): histories[c["name"]]
+        panels[f"momentum {mom:g}"] = {curve_label(c): _in_percent(histories[c["name"]])
                                        for c in configs if c["momentum"] == mom}
     with plt.rc_context(_READABLE):
         return plotting.curve_grid(panels, styles, keys=("train_loss", "train_acc", "val_acc"),
-                                   ylabels=("training loss", "training accuracy", "validation accuracy"),
+                                   ylabels=("training loss", "training accuracy (%)",
+                                            "validation accuracy (%)"),
                                    width=10.5, height_per_row=2.6)
+
+
+def _in_percent(history: dict[str, list[float]]) -> dict[str, list[float]]:
+    """A history with its accuracies (fractions) in %, as the report's tables give them."""
+    return {k: [100 * v for v in vals] if k.endswith("_acc") else vals for k, vals in history.items()}
 
 
 def class_counts(counts: dict[str, list[int]], classes: list[str], highlight=()):
