@@ -20,12 +20,16 @@ time with the sum of squared errors, at a few points of parameter space; ``batch
   autograd graphs and any forward of the model or of its layers (numerical differentiation) are
   counted; the function's code is also read for autograd names.
 * [unchanged] changes no parameter, .grad, input or model attribute: parameters bitwise and by
-  version counter, ``.grad``, ``y_pred``, ``y_true``, ``a[l]``, ``z[l]``, ``L``, ``n_l``, ``fc``,
-  ``f``, ``df`` (the harness restores them).
-* [stored] gradients stored with the shape and dtype of their parameters.
+  version counter, ``.grad``, ``y_pred``, ``y_true``, ``a[l]``, ``z[l]`` (by value: changed and put
+  back is no change), ``L``, ``n_l``, ``fc``, ``f``, ``df`` (the harness restores them).
+* [stored] gradients stored with the shape and dtype of their parameters, every layer by every
+  call: as the course's harness, it never empties ``dL_dw`` / ``dL_db`` (``+=`` shows).
 * [autograd] matches autograd, one sample at a time (relative error per layer and parameter).
 * [autograd_batch] matches autograd, batch of N samples (only with ``batch=True``).
 * [finite_differences] matches centred finite differences over every parameter entry.
+* [stored_activations] uses the stored a[l], z[l]: given the a/z of a forward pass at other
+  parameters than the model holds, the gradients are equations (4)-(7) on them with the model's
+  weights (a new forward pass, autograd or finite differences give other ones).
 * [square] square layers and mixed activations: the same checks on ``MyNet([3, 3, 3, 2])`` built
   from the model's own class, with a different activation per layer. It catches what the
   course's nets cannot: W instead of Wᵀ, f' of the wrong layer, a hard-coded tanh', a buffer
@@ -66,7 +70,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["main_test", "collect", "judge", "collect_square", "judge_square", "toy_data",
+__all__ = ["main_test", "collect", "call_plan", "stale_point", "judge", "InvalidRecords", "collect_square",
+           "judge_square", "CannotBuild", "toy_data",
            "load_mnist_sample", "data_folder", "parameter_points", "square_setup", "square_net",
            "inspect_code", "relative_error", "ReferenceNet", "BackpropTestResult", "Check",
            "CHECKS", "LOSSES", "ACTIVATIONS", "TOLERANCES", "DEFAULT_TIMEOUT"]
@@ -114,6 +119,7 @@ CHECKS = {
     "autograd": "matches autograd, one sample at a time",
     "autograd_batch": "matches autograd, batch of {n} samples",
     "finite_differences": "matches finite differences",
+    "stored_activations": "uses the stored activations a[l], z[l]",
     "square": "square layers and mixed activations",
 }
 
@@ -123,6 +129,8 @@ MATCH = 1e-6                  # "is exactly this other thing" when diagnosing (f
 EPS_RANGE = (1e-8, 1e-4)      # accepted finite-difference steps (1e-3 gives false failures)
 DEFAULT_TIMEOUT = 60.0        # seconds per call of the student's function
 N_TOY, N_MNIST, N_SQUARE = 10, 5, 8
+N_STALE = 2                   # calls with stored a/z from other parameters (stale_point)
+STORE_SENTINEL = 0.5          # what dL_dw[l] / dL_db[l] hold before a call (never emptied, as the course)
 SEED = 265
 SQUARE_LAYERS = (3, 3, 3, 2)
 MNIST_MEAN, MNIST_STD = 0.1306, 0.3080
@@ -168,7 +176,7 @@ def main_test(backprop_fn, model, eps=1e-6, verbose=False, data="toy", loss="sse
         x, y = _data(model, plan)
         points = _points(model, x, y, plan, lr)
         collection = collect(backprop_fn, model, x, y, points, loss=loss, batch=plan.batch, timeout=timeout)
-        result = judge(collection, model, x, y, points, loss=loss, eps=eps, data=data)
+        result = judge(collection, model, x, y, points, loss=loss, eps=eps, data=data, batch=plan.batch)
         if square:
             result.checks.append(_square_check(backprop_fn, model, loss, eps, timeout, collection))
     finally:
@@ -181,12 +189,14 @@ def main_test(backprop_fn, model, eps=1e-6, verbose=False, data="toy", loss="sse
     return result
 
 
-def collect(backprop_fn, model, x, y, points, *, loss="sse", batch=False, timeout=DEFAULT_TIMEOUT):
-    """Call ``backprop_fn`` under guard for every sample (and the batch) at every point.
+def collect(backprop_fn, model, x, y, points, *, loss="sse", batch=False, timeout=DEFAULT_TIMEOUT, plan=None):
+    """Call ``backprop_fn`` under guard for every call of ``plan`` (default :func:`call_plan`).
 
     ``points`` come from :func:`parameter_points`. Each call gets a fresh forward pass (no graph),
-    ``.grad`` filled with NaN and emptied gradient stores; afterwards the model is restored.
-    Calls stop at the first one that exceeds ``timeout``. Returns a dict of plain data::
+    ``.grad`` filled with NaN and the gradient stores filled with :data:`STORE_SENTINEL` (as the
+    course's harness, it never empties them: ``+=`` shows); a "stale" call gets the forward pass of
+    :func:`stale_point` while the model holds the point's parameters. Afterwards the model is
+    restored. Calls stop at the first one that exceeds ``timeout``. Returns a dict of plain data::
 
         {"model": "MyNet([2, 3, 2])", "loss": "sse", "dtype": "torch.float64", "n_samples": 10,
          "batch": False, "n_points": 3, "timeout": 60.0, "error": None,
@@ -208,49 +218,140 @@ def collect(backprop_fn, model, x, y, points, *, loss="sse", batch=False, timeou
                     "fc[1].bias": {...}, ...}}
     """
     n = x.shape[0]
-    plan = [[i] for i in range(n)] + ([list(range(n))] if batch else [])
+    plan = call_plan(n, len(points), batch) if plan is None else plan
     out = {"model": _describe(model), "loss": loss, "dtype": str(_dtype(model)), "n_samples": n,
            "batch": bool(batch), "n_points": len(points), "timeout": timeout, "error": None,
            "stopped": None, "static_findings": inspect_code(backprop_fn, model), "calls": []}
     original = _save_parameters(model)
     try:
-        for p, point in enumerate(points):
-            for samples in plan:
-                label = (f"sample {samples[0]}" if len(samples) == 1 else f"batch of {n}") + f", point {p + 1}"
-                _load_point(model, point)
-                record = _guarded_call(backprop_fn, model, x[samples], y[samples], loss, timeout, label)
-                record.update(point=p, samples=list(samples), batch_size=len(samples))
-                out["calls"].append(record)
-                if record["timed_out"]:
-                    out["stopped"] = f"the calls stopped at the time limit ({label})"
-                    return out
+        for call in plan:
+            point = points[call["point"]]
+            _load_point(model, point)
+            record = _guarded_call(backprop_fn, model, x[call["samples"]], y[call["samples"]], loss, timeout,
+                                   call["label"], stale_point(point) if call["stale"] else None)
+            record.update(point=call["point"], samples=list(call["samples"]), batch_size=len(call["samples"]))
+            out["calls"].append(record)
+            if record["timed_out"]:
+                out["stopped"] = f"the calls stopped at the time limit ({call['label']})"
+                return out
     finally:
         _restore_parameters(model, original)
     return out
 
 
-def judge(collection, model, x, y, points, *, loss="sse", eps=1e-6, data="toy"):
+def call_plan(n, n_points, batch=False, stale=True) -> list:
+    """The calls :func:`collect` makes and :func:`judge` expects, in order: every sample alone at every
+    point (and the batch of ``n`` if ``batch``), then ``N_STALE`` samples with stored a/z from
+    :func:`stale_point` (``stale``). Each ``{"label", "point", "samples", "stale"}``. The caller (the
+    trusted side) chooses it; a record is read only as the answer to its call."""
+    plan = []
+    for p in range(n_points):
+        groups = [[i] for i in range(n)] + ([list(range(n))] if batch and n > 1 else [])
+        plan += [{"label": (f"sample {g[0]}" if len(g) == 1 else f"batch of {n}") + f", point {p + 1}",
+                  "point": p, "samples": g, "stale": False} for g in groups]
+    if stale:
+        plan += [{"label": f"sample {i}, stored a/z from other parameters", "point": 0, "samples": [i],
+                  "stale": True} for i in range(min(N_STALE, n))]
+    return plan
+
+
+def stale_point(point) -> dict:
+    """Parameters θ1 near ``point`` (θ2), seeded: the stale check stores the a/z of a forward pass at θ1
+    while the model holds θ2, so that only a backpropagation that uses the stored a[l], z[l] (equations
+    (4)-(7) with θ2's weights) gives the expected gradients; a new forward pass, autograd or finite
+    differences give θ2's own."""
+    gen = torch.Generator().manual_seed(SEED + 1)
+    out = {}
+    for key, t in point.items():
+        scale = 0.3 * max(float(t.detach().abs().mean()), 0.05)
+        out[key] = t.detach() + scale * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)
+    return out
+
+
+def judge(collection, model, x, y, points, *, loss="sse", eps=1e-6, data="toy", plan=None, batch=False):
     """The checks of ``collection`` (from :func:`collect`); never calls the student's function.
 
     ``model`` is the reference: any module with the ``MyNet`` interface that computes the same
     function with the same parameters (the student's own model in ``main_test``; a
-    :class:`ReferenceNet` in a grader). ``x``, ``y``, ``points``, ``loss`` are those given to
-    :func:`collect`. Returns a :class:`BackpropTestResult` without the square check.
+    :class:`ReferenceNet` in a grader). ``x``, ``y``, ``points``, ``loss`` and ``plan`` (default
+    ``call_plan(len(x), len(points), batch)``) are those given to :func:`collect`: the judge decides
+    which question each record answers (record i answers call i of the plan; nothing in a record
+    says so), and a collection that does not fit the plan raises :class:`InvalidRecords`.
+    Returns a :class:`BackpropTestResult` without the square check.
     """
     dtype = _dtype(model)
     tol_ag, tol_fd = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
+    plan = call_plan(x.shape[0], len(points), batch) if plan is None else plan
     ctx = _Context(model, x, y, points, loss, tol_ag, tol_fd, _step(eps, dtype))
-    result = BackpropTestResult(collection.get("model") or _describe(model), data, loss)
-    result.notes = _notes(collection, dtype, ctx)
+    calls = _records(collection, plan, list(_stored_keys(model)))
+    result = BackpropTestResult(_short_text(collection.get("model"), 80) or _describe(model), data, loss)
+    result.notes = _notes(plan, x.shape[0], len(points), dtype, ctx)
     saved = _save_parameters(model)
     try:
-        verdicts = _evaluate(collection.get("calls") or [], ctx)
-        result.checks = _build_checks(collection, verdicts, ctx)
+        verdicts = _evaluate(calls, ctx)
+        result.checks = _build_checks(collection, verdicts, ctx, plan)
     finally:
         _restore_parameters(model, saved)
-    result.errors = _worst_errors(verdicts, ctx)
-    result.comparison = _comparison(verdicts)
+    result.errors = _worst_errors([v for v in verdicts if not v.stale], ctx)
+    result.comparison = _comparison([v for v in verdicts if not v.stale])
     return result
+
+
+class InvalidRecords(ValueError):
+    """A collection whose records do not answer the calls that were made (count, types)."""
+
+
+def _records(collection, plan, keys) -> list:
+    """The records of ``collection`` read as answers to ``plan``'s calls: record i gets call i's label,
+    point, samples and staleness (the plan's, never the record's); every field type-checked; no record
+    after one that timed out. Raises :class:`InvalidRecords`."""
+    calls = collection.get("calls") if isinstance(collection, dict) else None
+    if not isinstance(calls, list) or len(calls) > len(plan):
+        raise InvalidRecords(f"the record of the calls is not a list of at most {len(plan)} calls")
+    if len(calls) < len(plan) and not (calls and isinstance(calls[-1], dict) and calls[-1].get("timed_out") is True):
+        raise InvalidRecords(f"{len(calls)} records for {len(plan)} calls (and the last did not time out)")
+    return [_record(rec, call, keys) for rec, call in zip(calls, plan)]
+
+
+def _record(rec, call, keys) -> dict:
+    if not isinstance(rec, dict):
+        raise InvalidRecords(f"the record of {call['label']} is not a dict")
+    out = {"label": call["label"], "point": call["point"], "samples": list(call["samples"]),
+           "batch_size": len(call["samples"]), "stale": call["stale"]}
+    for name in ("timed_out", "exited", "autograd_used"):
+        out[name] = _typed(rec.get(name, False), bool, name, call)
+    out["error"] = None if rec.get("error") is None else _short_text(_typed(rec["error"], str, "error", call))
+    count = _typed(rec.get("forward_evaluations", 0), int, "forward_evaluations", call)
+    out["forward_evaluations"] = max(count, 0) if not isinstance(count, bool) else 1
+    for name in ("autograd_how", *_CHANGE_FIELDS):
+        out[name] = [_short_text(_typed(m, str, name, call)) for m in _typed(rec.get(name, []), list, name, call)[:20]]
+    stored = _typed(rec.get("stored", {}), dict, "stored", call)
+    out["stored"] = {key: _stored_entry(stored.get(key), key, call) for key in keys}
+    return out
+
+
+def _stored_entry(entry, key, call) -> dict:
+    if entry is None:
+        return {"problem": "missing", "message": None}
+    entry = _typed(entry, dict, key, call)
+    out = {"tensor": _typed(entry.get("tensor"), (torch.Tensor, type(None)), key, call),
+           "from_grad": _typed(entry.get("from_grad", False), bool, key, call)}
+    for name in ("problem", "message", "shares_memory_with"):
+        value = entry.get(name)
+        out[name] = None if value is None else _short_text(_typed(value, str, f"{key}.{name}", call), 300)
+    return out
+
+
+def _typed(value, kind, name, call):
+    if not isinstance(value, kind):
+        raise InvalidRecords(f"the record of {call['label']} has an invalid {name} ({type(value).__name__})")
+    return value
+
+
+def _short_text(value, limit=1000):
+    if not isinstance(value, str):
+        return None
+    return value if len(value) <= limit else value[:limit] + " [...]"
 
 
 def collect_square(backprop_fn, model, *, loss="sse", timeout=DEFAULT_TIMEOUT):
@@ -264,7 +365,8 @@ def collect_square(backprop_fn, model, *, loss="sse", timeout=DEFAULT_TIMEOUT):
         net = square_net(model, loss)
     except ValueError as exc:
         return {"model": f"{_class_name(model)}({list(SQUARE_LAYERS)})", "loss": loss, "dtype": str(dtype),
-                "error": str(exc), "stopped": None, "static_findings": [], "calls": []}
+                "error": str(exc), "skipped": isinstance(exc, CannotBuild), "stopped": None,
+                "static_findings": [], "calls": []}
     return collect(backprop_fn, net, x, y, points, loss=loss, timeout=timeout)
 
 
@@ -275,7 +377,9 @@ def judge_square(collection, *, loss="sse", eps=1e-6):
     reference, x, y, points = square_setup(loss, dtype)
     what = f"{collection.get('model')} with {', '.join(reference.activations)}"
     if collection.get("error"):
-        return Check(name, False, f"not run: {collection['error']}", id="square")
+        skipped = collection.get("skipped") is True
+        return Check(name, False, f"{'skipped' if skipped else 'not run'}: {collection['error']}", id="square",
+                     skipped=skipped)
     result = judge(collection, reference, x, y, points, loss=loss, eps=eps)
     if result.passed:
         return Check(name, True, f"{what}: {len(collection['calls'])} calls, every check passed", id="square")
@@ -372,6 +476,11 @@ def square_net(model, loss="sse"):
     try:
         with torch.random.fork_rng(devices=[]):
             net = cls(list(SQUARE_LAYERS)).to(dtype)
+    except Exception as exc:
+        raise CannotBuild(f"your {call} cannot be built the way the course builds MyNet(n_l) "
+                          f"({type(exc).__name__}: {exc}); it takes other arguments than the course's, so this "
+                          "extra check was skipped") from None
+    try:
         for l in range(1, reference.L + 1):
             net.f[l], net.df[l] = reference.f[l], reference.df[l]
         _load_point(net, {key: p.detach() for key, *_, p in _params(reference)})
@@ -384,6 +493,10 @@ def square_net(model, loss="sse"):
         raise ValueError(f"{call}'s forward does not compute a[l] = f[l](fc[l](a[l-1])) with the activations "
                          "set in model.f[l]: the forward pass must use model.f")
     return net
+
+
+class CannotBuild(ValueError):
+    """The student's class cannot be built as the course's MyNet(n_l): a check that needs it is skipped."""
 
 
 def inspect_code(fn, model=None) -> list:
@@ -452,9 +565,11 @@ class Check:
     message: str
     details: list = field(default_factory=list)
     id: str = ""
+    #: the harness could not set it up (not the function's fault): neither passed nor failed
+    skipped: bool = False
 
     def line(self) -> str:
-        return f" {'PASSED' if self.passed else 'FAILED'}  {self.name}: {self.message}"
+        return f" {'SKIPPED' if self.skipped else 'PASSED' if self.passed else 'FAILED'}  {self.name}: {self.message}"
 
 
 @dataclass
@@ -472,15 +587,19 @@ class BackpropTestResult:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        return all(c.passed or c.skipped for c in self.checks)
 
     @property
     def n_passed(self) -> int:
         return sum(c.passed for c in self.checks)
 
     @property
+    def run(self) -> list:
+        return [c for c in self.checks if not c.skipped]
+
+    @property
     def failed(self) -> list:
-        return [c for c in self.checks if not c.passed]
+        return [c for c in self.checks if not (c.passed or c.skipped)]
 
     def __bool__(self) -> bool:
         return self.passed
@@ -489,13 +608,13 @@ class BackpropTestResult:
         return iter(self.checks)
 
     def summary(self) -> str:
-        n, total = self.n_passed, len(self.checks)
+        n, total = self.n_passed, len(self.run)
         if self.passed:
             return f" {n} / {total}: ALL TESTS PASSED :)"
         return f" {n} / {total}: SOME TESTS FAILED, see the FAILED lines above (verbose=True shows the gradients)"
 
     def failure_message(self) -> str:
-        lines = [f"backpropagation failed {len(self.failed)} of {len(self.checks)} checks "
+        lines = [f"backpropagation failed {len(self.failed)} of {len(self.run)} checks "
                  f"({self.model}, {self.data} data, loss '{self.loss}'):"]
         for c in self.failed:
             lines.append(f"- {c.name}: {c.message}")
@@ -595,21 +714,25 @@ def _square_check(backprop_fn, model, loss, eps, timeout, course) -> Check:
 
 
 def _print_report(result: BackpropTestResult, verbose: bool):
-    print("\n __________________________________________________________________ ")
-    print(f"  Check backpropagation: {result.model}, {result.data} data, loss '{result.loss}'")
-    for note in result.notes:
-        print(f"  {note}")
-    print(" __________________________________________________________________ ")
+    """Short by default: a header, one PASSED line naming the checks that passed, each FAILED or
+    SKIPPED check with its message and details, the summary. ``verbose``: every check's line and the
+    gradients side by side."""
+    print(f"\n Check backpropagation: {result.model}, {result.data} data, loss '{result.loss}' ("
+          + "; ".join(result.notes) + ")")
     if verbose:
         _print_side_by_side(result)
-    for check in result.checks:
+    shown = result.checks if verbose else [c for c in result.checks if not c.passed]
+    passed = [c.name for c in result.checks if c.passed]
+    if passed and not verbose:
+        print(f" PASSED  {'; '.join(passed)}")
+    for check in shown:
         print(check.line())
-        if not check.passed:
+        if not check.passed and not check.skipped:
             for d in check.details[:3]:
                 print(f"           {d}")
             if len(check.details) > 3:
                 print(f"           ... and {len(check.details) - 3} more")
-    print("\n" + result.summary())
+    print(result.summary())
 
 
 def _print_side_by_side(result: BackpropTestResult, max_rows=8):
@@ -633,16 +756,22 @@ def _print_side_by_side(result: BackpropTestResult, max_rows=8):
 # ============================================================================================
 # collect: one guarded call
 # ============================================================================================
-def _guarded_call(fn, model, x, y, loss, timeout, label) -> dict:
-    """Forward, then ``fn(model, y_true, y_pred)`` under guard; what it did, as a record."""
+def _guarded_call(fn, model, x, y, loss, timeout, label, forward_point=None) -> dict:
+    """Forward (at ``forward_point`` if given, then the model's parameters put back), then
+    ``fn(model, y_true, y_pred)`` under guard; what it did, as a record."""
     record = {"label": label, "error": None, "timed_out": False, "exited": False, "autograd_used": False,
               "autograd_how": [], "forward_evaluations": 0, "changed_parameters": [], "changed_grads": [],
               "changed_inputs": [], "changed_attributes": [], "stored": {}}
-    before = _Snapshot(model)
+    held = {key: p.detach().clone() for key, *_, p in _params(model)} if forward_point is not None else None
+    if held:
+        _load_point(model, forward_point)
     given = _forward(model, x)
+    if held:
+        _load_point(model, held)
+    before = _Snapshot(model)
     given["y_true"] = y_true = y.clone()
-    inputs = {name: (t, t.clone(), t._version) for name, t in given.items()}
-    _empty_stores(model)
+    inputs = {name: (t, t.clone()) for name, t in given.items()}
+    sentinels = _fill_stores(model)
     kwargs = {} if loss == "sse" else {"loss": loss}
     default_dtype = torch.get_default_dtype()
     with _Guard(type(model)) as guard:
@@ -652,9 +781,9 @@ def _guarded_call(fn, model, x, y, loss, timeout, label) -> dict:
                   forward_evaluations=guard.forwards)
     record["changed_attributes"] = before.restore_attributes(model)
     record["changed_parameters"], record["changed_grads"] = before.restore_parameters()
-    record["changed_inputs"] = [f"{name} was changed in place" for name, (t, copy, version) in inputs.items()
-                                if t._version != version or not _same(t, copy)]
-    record["stored"] = _read_stores(model, before)
+    record["changed_inputs"] = [f"{name} was changed in place" for name, (t, copy) in inputs.items()
+                                if not _same(t, copy)]  # changed and put back (a transpose undone) is no change
+    record["stored"] = _read_stores(model, before, sentinels)
     return record
 
 
@@ -687,13 +816,20 @@ def _forward(model, x) -> dict:
     return given
 
 
-def _empty_stores(model):
-    """Stores emptied, so that a gradient left from an earlier call is not taken for this one's."""
-    for name in ("dL_dw", "dL_db"):
-        store = getattr(model, name, None)
+def _fill_stores(model) -> dict:
+    """Every dL_dw[l] / dL_db[l] set to a tensor of its parameter's shape full of :data:`STORE_SENTINEL`
+    (a dict store is created if missing): as in the course's harness, which never empties them, a
+    gradient added with ``+=`` or a layer left unstored shows. ``{(store, l): the sentinel}``."""
+    sentinels = {}
+    for key, l, kind, store_name, p in _params(model):
+        store = getattr(model, store_name, None)
+        if store is None:
+            with contextlib.suppress(Exception):
+                setattr(model, store_name, {})
+                store = getattr(model, store_name)
         if isinstance(store, dict):
-            for key in store:
-                store[key] = None
+            sentinels[store_name, l] = store[l] = torch.full_like(p.detach(), STORE_SENTINEL)
+    return sentinels
 
 
 class _Snapshot:
@@ -783,13 +919,15 @@ def _put_items(container, items):
         container.update(items)
 
 
-def _read_stores(model, before: _Snapshot) -> dict:
+def _read_stores(model, before: _Snapshot, sentinels: dict) -> dict:
     """What the function stored in dL_dw / dL_db, by parameter: a copy or the problem."""
     stored, seen = {}, [(f"{key}.grad", s) for key, s in before.sentinels.items()]
     seen += [(key, p) for key, *_, p in before.params]
     for key, l, kind, store, p in before.params:
         entry = {"tensor": None, "problem": None, "message": None, "shares_memory_with": None, "from_grad": False}
         value, problem = _fetch(model, store, l)
+        if not problem and value is sentinels.get((store, l)) and bool((value == STORE_SENTINEL).all()):
+            problem = _unstored(model, store, l)
         if problem:
             entry.update(problem=problem[0], message=problem[1])
         elif not isinstance(value, torch.Tensor):
@@ -802,6 +940,17 @@ def _read_stores(model, before: _Snapshot) -> dict:
             seen.append((f"model.{store}[{l}]", value))
         stored[key] = entry
     return stored
+
+
+def _unstored(model, store_name, l):
+    """(problem, message) of a store entry that still holds the sentinel the harness put there."""
+    store = getattr(model, store_name)
+    if str(l) in store:
+        return "string keys", (f"model.{store_name} is keyed by strings ('{l}'); key it by the int layer "
+                               f"number {l}")
+    return "missing", (f"model.{store_name}[{l}] was not stored in this call (it still holds what was there "
+                       "before: the course's harness never empties the stores, so every layer must be stored "
+                       "by every call)")
 
 
 def _fetch(model, store_name, l):
@@ -1138,6 +1287,10 @@ class _Verdict:
         return self.rec.get("batch_size", 1)
 
     @property
+    def stale(self):
+        return self.rec.get("stale", False)
+
+    @property
     def by_hand(self):
         """Computed by the function itself: no error, no autograd, no evaluation of the model."""
         return not (self.rec.get("error") or self.rec.get("autograd_used") or self.rec.get("forward_evaluations"))
@@ -1148,9 +1301,8 @@ def _step(eps, dtype):
     return max(eps, 1e-3) if dtype != torch.float64 else eps
 
 
-def _notes(collection, dtype, ctx) -> list:
-    n, points = collection.get("n_samples", 0), collection.get("n_points", 0)
-    how = "one at a time and as one batch" if collection.get("batch") else "one at a time"
+def _notes(plan, n, points, dtype, ctx) -> list:
+    how = "one at a time and as one batch" if any(len(c["samples"]) > 1 for c in plan) else "one at a time"
     notes = [f"{n} samples, {how}; {points} parameter point{'s' if points != 1 else ''}"]
     if dtype != torch.float64:
         notes.append(f"note: the model is {dtype}; the project uses torch.set_default_dtype(torch.double).")
@@ -1162,22 +1314,43 @@ def _notes(collection, dtype, ctx) -> list:
 def _evaluate(calls, ctx) -> list:
     verdicts = [_Verdict(rec) for rec in calls]
     for p, point in enumerate(ctx.points):
-        here = [v for v in verdicts if v.rec.get("point") == p]
+        here = [v for v in verdicts if v.rec["point"] == p]
         if not here:
             continue
         _load_point(ctx.model, point)
         cache = {}
         for v in here:
-            samples = tuple(v.rec["samples"])
+            samples = (tuple(v.rec["samples"]), v.stale)
             if samples not in cache:
-                cache[samples] = _references(ctx, list(samples))
+                cache[samples] = _stale_references(ctx, list(samples[0]), stale_point(point)) if v.stale \
+                    else _references(ctx, list(samples[0]))
             v.refs, floors = cache[samples]
             if v.by_hand:
                 v.grads, v.problems = _comparable(v, ctx)
             v.ag = {k: relative_error(g, v.refs[k], floors[k]) for k, g in v.grads.items()}
-        if any(v.grads for v in here):
-            _compare_with_finite_differences(here, ctx)
+        if any(v.grads for v in here if not v.stale):
+            _compare_with_finite_differences([v for v in here if not v.stale], ctx)
     return verdicts
+
+
+def _stale_references(ctx, samples, forward_point):
+    """Equations (4)-(7) on the a/z stored by a forward pass at ``forward_point`` (θ1), with the
+    weights the model holds (θ2): autograd of a net whose values are θ1's and whose derivatives are
+    θ2's (each z = stored z + (W a + b) - (W a + b).detach()). No noise floors (same operations)."""
+    model = ctx.model
+    held = {key: p.detach().clone() for key, *_, p in _params(model)}
+    _load_point(model, forward_point)
+    with torch.no_grad():
+        acts, zs = _layerwise(model, ctx.x[samples])
+    _load_point(model, held)
+    a = acts[0]
+    with torch.enable_grad():
+        for l in range(1, model.L + 1):
+            linear = model.fc[str(l)](a)
+            a = model.f[l](zs[l] + linear - linear.detach())
+        grads = torch.autograd.grad(_loss_value(ctx.loss, a, ctx.y[samples]), [p for *_, p in _params(model)])
+    refs = {key: g.detach().to(torch.float64) for (key, *_), g in zip(_params(model), grads)}
+    return refs, {k: 0.0 for k in refs}
 
 
 def _references(ctx, samples):
@@ -1312,30 +1485,56 @@ def _comparison(verdicts) -> dict:
 # ============================================================================================
 # judge: the checks
 # ============================================================================================
-def _build_checks(collection, verdicts, ctx) -> list:
-    singles = [v for v in verdicts if v.batch == 1]
-    batches = [v for v in verdicts if v.batch > 1]
+def _build_checks(collection, verdicts, ctx, plan) -> list:
+    fresh = [v for v in verdicts if not v.stale]
+    singles = [v for v in fresh if v.batch == 1]
+    batches = [v for v in fresh if v.batch > 1]
     n_entries = sum(p.numel() for *_, p in _params(ctx.model))
-    checks = [_check_runs(collection, verdicts), _check_no_autograd(collection, verdicts),
+    checks = [_check_runs(plan, verdicts), _check_no_autograd(collection, verdicts),
               _check_unchanged(verdicts), _check_stored(verdicts, ctx),
               _check_values("autograd", CHECKS["autograd"], singles, "ag", ctx)]
-    if collection.get("batch"):
-        name = CHECKS["autograd_batch"].format(n=collection.get("n_samples"))
+    if any(len(c["samples"]) > 1 for c in plan):
+        name = CHECKS["autograd_batch"].format(n=ctx.x.shape[0])
         checks.append(_check_values("autograd_batch", name, batches, "ag", ctx))
-    checks.append(_check_values("finite_differences", CHECKS["finite_differences"], verdicts, "fd", ctx,
+    checks.append(_check_values("finite_differences", CHECKS["finite_differences"], fresh, "fd", ctx,
                                 passed=f"centred differences over all {n_entries} parameter entries "
                                        f"(step {ctx.h:g}): relative error below {ctx.tol_fd:.0e}"))
+    if any(c["stale"] for c in plan):
+        checks.append(_check_stale([v for v in verdicts if v.stale], checks[4], ctx))
     return checks
 
 
-def _check_runs(collection, verdicts) -> Check:
+def _check_stale(verdicts, autograd: Check, ctx) -> Check:
+    """The stored activations are used: a/z stored from θ1 while the model holds θ2 (:func:`stale_point`)."""
+    name = CHECKS["stored_activations"]
+    if not autograd.passed:
+        return Check(name, False, "not checked: the gradients are already wrong on the model's own forward pass "
+                                  "(see 'matches autograd')", id="stored_activations")
+    check = _check_values("stored_activations", name, verdicts, "ag", ctx,
+                          passed="with a[l], z[l] stored from other parameters than the model holds, the gradients "
+                                 "are equations (4)-(7) on the stored a[l], z[l] with the model's weights")
+    if not check.passed and any(v.grads for v in verdicts):
+        v = next(v for v in verdicts if v.grads)
+        _load_point(ctx.model, ctx.points[v.rec["point"]])
+        fresh, _ = _references(ctx, v.rec["samples"])
+        if all(relative_error(v.grads[k], fresh[k]) <= _match_tol(ctx) for k in v.grads):
+            check.message = (f"given a[l], z[l] stored from other parameters than the model holds ({v.label}), it "
+                             "returned the gradients of the model as it is now: it recomputes the forward pass (a "
+                             "hand-written forward, autograd or finite differences) instead of using the stored "
+                             "model.a[l], model.z[l]. The course's backpropagation uses the a[l], z[l] of the forward "
+                             "pass it is given, with the model's weights")
+    return check
+
+
+def _check_runs(plan, verdicts) -> Check:
     name = CHECKS["runs"]
     if not verdicts:
         return Check(name, False, "not run: no call was made", id="runs")
     failed = [v for v in verdicts if v.rec.get("error") and not v.rec.get("autograd_used")]
     if not failed:
-        n, points = collection.get("n_samples"), collection.get("n_points")
-        how = "one at a time and as one batch" if collection.get("batch") else "one at a time"
+        n = len({i for c in plan for i in c["samples"]})
+        points = len({c["point"] for c in plan})
+        how = "one at a time and as one batch" if any(len(c["samples"]) > 1 for c in plan) else "one at a time"
         return Check(name, True, f"{len(verdicts)} calls ({n} samples {how}, {points} parameter "
                                  f"point{'s' if points != 1 else ''})", id="runs")
     first = failed[0]
@@ -1361,7 +1560,8 @@ def _check_no_autograd(collection, verdicts) -> Check:
     name = CHECKS["no_autograd"]
     used = [v for v in verdicts if v.rec.get("autograd_used")]
     evaluated = [v for v in verdicts if v.rec.get("forward_evaluations")]
-    static = list(collection.get("static_findings") or [])
+    static = collection.get("static_findings")
+    static = [_short_text(f, 300) for f in static[:20] if isinstance(f, str)] if isinstance(static, list) else []
     if not (used or evaluated or static):
         return Check(name, True, "given y_pred, a[l], z[l] without their graph, with autograd blocked, it "
                                  "evaluated no forward pass", id="no_autograd")
@@ -1585,6 +1785,10 @@ def _fd_in_place(model, x, y, loss, h):
 # ============================================================================================
 # model access and losses
 # ============================================================================================
+def _stored_keys(model):
+    return [key for key, *_ in _params(model)]
+
+
 def _params(model):
     """[(key, layer, kind, store name, parameter)] for layers 1..L."""
     out = []
@@ -1717,7 +1921,7 @@ def _how(v, keys, ctx):
     r = {k: v.refs[k] for k in keys}
     if all(g[k].abs().max() == 0 for k in keys):
         return "the gradients are all zero"
-    for test in (_first_sample_only, _uniform_scale, _transposed_square, _known_variant):
+    for test in (_accumulates, _first_sample_only, _uniform_scale, _transposed_square, _known_variant):
         found = test(v, g, r, ctx)
         if found:
             return found
@@ -1726,6 +1930,14 @@ def _how(v, keys, ctx):
 
 def _match_tol(ctx):
     return max(MATCH, 100 * torch.finfo(_dtype(ctx.model)).eps)
+
+
+def _accumulates(v, g, r, ctx):
+    if all(relative_error(g[k] - STORE_SENTINEL, r[k]) <= _match_tol(ctx) for k in g):
+        return ("the gradient is added to what model.dL_dw[l] / dL_db[l] held before the call (`+=`): the "
+                "course's harness never empties the stores, so each call must store a new value "
+                "(model.dL_dw[l] = ..., not +=)")
+    return None
 
 
 def _first_sample_only(v, g, r, ctx):
