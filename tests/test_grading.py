@@ -367,7 +367,7 @@ def test_gradescope_package_grades_a_folder_laid_out_like_autograder(tmp_path, s
     assert run.returncode == 0, run.stdout + run.stderr
     results = json.loads((root / "results" / "results.json").read_text())
     _validate_gradescope(results)
-    assert results["score"] == sum(t["score"] for t in results["tests"]) == 28
+    assert results["score"] == sum(t["score"] for t in results["tests"]) == 30
     assert {t["status"] for t in results["tests"]} <= {"passed", "failed"}
     assert any("[backprop_toy]" in t["name"] for t in results["tests"])
 
