@@ -774,8 +774,8 @@ def _guarded_call(fn, model, x, y, loss, timeout, label, forward_point=None) -> 
     sentinels = _fill_stores(model)
     kwargs = {} if loss == "sse" else {"loss": loss}
     default_dtype = torch.get_default_dtype()
-    with _Guard(type(model)) as guard:
-        _run(fn, (model, y_true, given["y_pred"]), kwargs, timeout, record)
+    guard = _Guard(type(model))
+    _run(fn, (model, y_true, given["y_pred"]), kwargs, timeout, record, guard)
     torch.set_default_dtype(default_dtype)
     record.update(autograd_used=bool(guard.autograd), autograd_how=list(dict.fromkeys(guard.autograd)),
                   forward_evaluations=guard.forwards)
@@ -787,10 +787,11 @@ def _guarded_call(fn, model, x, y, loss, timeout, label, forward_point=None) -> 
     return record
 
 
-def _run(fn, args, kwargs, timeout, record):
-    """Call the student's function; its errors, time limit and exit go into ``record``."""
+def _run(fn, args, kwargs, timeout, record, guard):
+    """Call the student's function under ``guard`` (inside the time limit, whose watchdog thread starts
+    before the guard refuses threads); its errors, time limit and exit go into ``record``."""
     try:
-        with _TimeLimit(timeout):
+        with _TimeLimit(timeout), guard:
             fn(*args, **kwargs)
     except _Timeout:
         record.update(timed_out=True, error=f"TimeoutError: did not return within the time limit of {timeout:g} s")
@@ -1013,8 +1014,9 @@ class _AutogradBlocked(RuntimeError):
 
 
 class _Guard:
-    """While the student's function runs: grad mode off; autograd's engine, new engines and
-    forward-mode AD refused; autograd graphs and forwards of the model or its layers counted.
+    """While the student's function runs: grad mode off; autograd's engine, new engines,
+    forward-mode AD and new threads refused (grad mode is per thread); autograd graphs and forwards
+    of the model or its layers counted. Threads that already run are left to the stale check.
 
     The stand-in engine keeps no reference to the real one (nothing to revive).
     """
@@ -1038,7 +1040,12 @@ class _Guard:
         engine = self._refuse("called autograd's backward engine (.backward() or torch.autograd.grad)")
         new_engine = self._refuse("created a new autograd engine (torch._C._ImperativeEngine)")
         dual = self._refuse("used forward-mode AD (torch.func.jvp / jacfwd or torch.autograd.forward_ad)")
+        thread = self._refuse("started a thread (no-grad mode and the guard hold in the calling thread; "
+                              "backpropagation needs no thread)")
+        import _thread
         return [(variable.Variable, "_execution_engine", _blocked_engine(engine)),
+                (threading.Thread, "start", thread), (threading, "_start_new_thread", thread),
+                (_thread, "start_new_thread", thread), (_thread, "start_new", thread),
                 (variable, "ImperativeEngine", new_engine), (torch._C, "_ImperativeEngine", new_engine),
                 (torch._C, "_enter_dual_level", dual), (predispatch, "_enter_dual_level", dual),
                 (self.model_class, "forward", self._counted(self.model_class.forward)),
@@ -1184,6 +1191,20 @@ _FORBIDDEN_NAMES = {
 }
 
 
+#: attribute names that are autograd only on torch's objects (resolved before a finding is made)
+_RESOLVED_NAMES = {"backward", "run_backward", "_execution_engine", "_engine", "_ImperativeEngine", "_EngineBase",
+                   "jvp", "jacfwd", "forward_ad", "make_dual", "dual_level", "vjp", "jacrev", "jacobian",
+                   "hessian", "functional_call"}
+
+
+def _is_torch(obj) -> bool:
+    """Is ``obj`` torch itself, one of its modules, classes or functions?"""
+    if obj is _ABSENT:
+        return False
+    name = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None)
+    return isinstance(name, str) and (name == "torch" or name.startswith(("torch.", "torch._")))
+
+
 def _python_function(obj):
     """The Python function behind ``obj`` (itself, a partial's, a bound method's), or None."""
     for attr in ("func", "__func__"):   # functools.partial, bound method
@@ -1202,22 +1223,30 @@ def _code_objects(code):
 
 
 def _scan_code(code, globals_, own, todo):
+    """Findings in one code object. An autograd name read as an attribute (``.backward``, ``.jvp``) is
+    a finding only on torch's own objects (``torch.autograd.backward``, ``torch.Tensor.backward``): on
+    anything else (a student's Lab-4-style layer with its own ``backward()``, a tensor variable) the
+    run-time guard is the evidence."""
     forbidden_objects = _forbidden_objects()
-    previous = None
+    previous, receiver = None, _ABSENT
     for ins in dis.get_instructions(code):
         what, name = None, ins.argval
         if ins.opname in ("LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR"):
             what = _FORBIDDEN_NAMES.get(name) if name not in own else None
+            if name in _RESOLVED_NAMES and not _is_torch(receiver):
+                what = None
             if name == "grad" and previous in ("autograd", "func"):
                 what = "autograd (torch.autograd.grad / torch.func.grad)"
             previous = name
+            receiver = getattr(receiver, name, _ABSENT) if _is_torch(receiver) else _ABSENT
         elif ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
             obj = globals_.get(name, _ABSENT)
             what = forbidden_objects.get(id(obj))
             _queue_functions(obj, todo)
             previous = obj.__name__.rsplit(".", 1)[-1] if isinstance(obj, types.ModuleType) else name
+            receiver = obj
         elif ins.opname in ("LOAD_FAST", "LOAD_DEREF"):
-            previous = name
+            previous, receiver = name, _ABSENT
         elif ins.opname == "LOAD_CONST" and isinstance(name, complex):
             what, name = "complex numbers (complex-step differentiation)", repr(name)
         if what:

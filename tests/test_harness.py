@@ -784,7 +784,7 @@ def test_numerical_differentiation_in_place_is_seen_by_the_parameters_version():
 
 def test_static_look_finds_autograd_names_in_helpers_too():
     def helper(t):
-        return t.backward()
+        return torch.autograd.backward(t)
 
     def bp(model, y_true, y_pred):
         backpropagation(model, y_true, y_pred)
@@ -796,6 +796,39 @@ def test_static_look_finds_autograd_names_in_helpers_too():
     assert harness.inspect_code(backpropagation) == [] and harness.inspect_code(bp_neurons) == []
     exc = _assert_caught("static", bp, None, "no_autograd", r"its code refers to autograd \(\.backward\(\)\)")
     assert list(failed(exc)) == ["no_autograd", "square"]
+
+
+class _TanhLayer:
+    """Lab 4's style: a layer object with its own hand-written backward() (not autograd's)."""
+
+    def __init__(self, linear, df):
+        self.linear, self.df = linear, df
+
+    def backward(self, delta, a_prev, z):
+        delta = delta * self.df(z)
+        return delta @ self.linear.weight, delta.T @ a_prev, delta.sum(0)
+
+
+def bp_layer_objects(model, y_true, y_pred):
+    delta = 2 * (y_pred - y_true)
+    for l in range(model.L, 0, -1):
+        layer = _TanhLayer(model.fc[str(l)], model.df[l])
+        delta, model.dL_dw[l], model.dL_db[l] = layer.backward(delta, model.a[l - 1], model.z[l])
+
+
+def test_a_backward_method_of_the_students_own_layer_is_not_autograd():
+    assert harness.inspect_code(bp_layer_objects) == []
+    result, exc, report = run(bp_layer_objects)
+    assert exc is None, report
+
+
+def test_tensor_backward_in_code_that_runs_is_caught_at_run_time():
+    def bp(model, y_true, y_pred):
+        with torch.enable_grad():
+            loss = ((model(model.a[0]) - y_true) ** 2).sum()
+            loss.backward()
+    assert harness.inspect_code(bp) == []          # a method on a variable: the guard decides
+    _assert_caught("run time", bp, None, "no_autograd", r"autograd's backward engine|evaluated the model")
 
 
 def test_autograd_and_the_model_class_are_restored_after_blocking():
@@ -1074,7 +1107,7 @@ def test_harness_structure():
     tree = ast.parse(source)
     imports = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imports |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imports <= {"__future__", "contextlib", "ctypes", "dis", "functools", "gzip", "math", "os", "signal",
+    assert imports <= {"__future__", "_thread", "contextlib", "ctypes", "dis", "functools", "gzip", "math", "os", "signal",
                        "sys", "tempfile", "threading", "types", "dataclasses", "pathlib", "time", "torch",
                        "torchvision"}, imports
     names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]

@@ -54,11 +54,13 @@ def _make_problem(seed: int = 265) -> tuple[list[torch.Tensor], torch.Tensor, to
 _PROBLEM = _make_problem()  # at import (under the import lock): threads grading side by side share it
 
 
-def reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None, **hyper) -> list[torch.Tensor]:
-    """The parameters after the standard torch.optim.SGD loop from ``weights`` (cached for the grader's problem)."""
-    if weights is problem()[0]:
+def reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None, inputs=None,
+              **hyper) -> list[torch.Tensor]:
+    """The parameters after the standard torch.optim.SGD loop from ``weights`` (cached for the grader's
+    problem); ``inputs``: what the model saw at each step instead of the raw batches of ``x``."""
+    if weights is problem()[0] and inputs is None:
         return _reference_of_problem(zero_grad, mistake, tuple(sorted(hyper.items())))
-    return _reference(weights, x, y, zero_grad, mistake, **hyper)
+    return _reference(weights, x, y, zero_grad, mistake, inputs, **hyper)
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,7 +68,8 @@ def _reference_of_problem(zero_grad: bool, mistake, hyper: tuple) -> list[torch.
     return _reference(*problem(), zero_grad, mistake, **dict(hyper))
 
 
-def _reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None, **hyper) -> list[torch.Tensor]:
+def _reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None, inputs=None,
+               **hyper) -> list[torch.Tensor]:
     """The standard loop; ``mistake`` reproduces a common wrong update (for :func:`diagnose`):
     ``"reset_each_epoch"`` (momentum buffers started afresh every epoch), ``"weights_only"`` (no
     weight decay on the biases), ``"aliased_buffer"`` (the momentum buffer stored is ``p.grad`` itself
@@ -84,7 +87,7 @@ def _reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None
         groups = [{"params": params}]
     optimizer = torch.optim.SGD(groups, lr=lr, **hyper)
     loss_fn = nn.CrossEntropyLoss()
-    buffers = {}
+    buffers, step = {}, 0
     with torch.enable_grad():
         for _ in range(N_EPOCHS):
             if mistake == "reset_each_epoch":
@@ -92,7 +95,9 @@ def _reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None
             for i in range(0, len(x), BATCH_SIZE):
                 if zero_grad and mistake != "aliased_buffer":
                     optimizer.zero_grad()
-                loss_fn(model(x[i:i + BATCH_SIZE]), y[i:i + BATCH_SIZE]).backward()
+                seen = x[i:i + BATCH_SIZE] if inputs is None else inputs[step]
+                step += 1
+                loss_fn(model(seen), y[i:i + BATCH_SIZE]).backward()
                 if mistake == "aliased_buffer":
                     _aliased_step(params, buffers, lr, **hyper)
                 else:
@@ -122,7 +127,7 @@ def compare(got, want) -> tuple[bool, float, float]:
     return equal, diff, diff / scale
 
 
-def diagnose(got, weights, x, y, hyper: dict) -> str:
+def diagnose(got, weights, x, y, hyper: dict, inputs=None) -> str:
     """The likely mistake: a torch.optim.SGD variant whose parameters the student's match."""
     variants = []
     if hyper.get("weight_decay"):
@@ -147,9 +152,9 @@ def diagnose(got, weights, x, y, hyper: dict) -> str:
                          "zeroes the buffer: keep a copy (b = g.clone()) or a separate tensor",
                          {**hyper, "mistake": "aliased_buffer"}))
     for message, variant in variants:
-        if compare(got, reference(weights, x, y, **variant))[2] < RELATIVE:
+        if compare(got, reference(weights, x, y, inputs=inputs, **variant))[2] < RELATIVE:
             return message
-    if compare(got, reference(weights, x, y, zero_grad=False, **hyper))[2] < RELATIVE:
+    if compare(got, reference(weights, x, y, zero_grad=False, inputs=inputs, **hyper))[2] < RELATIVE:
         return "the gradients are not zeroed between steps (they accumulate)"
     if compare(got, weights)[1] == 0:
         return "the parameters were not updated at all (a copy was updated, or the update was not in place)"
@@ -159,19 +164,43 @@ def diagnose(got, weights, x, y, hyper: dict) -> str:
     return "no simple variant of torch.optim.SGD matches; compare the update with its documented algorithm"
 
 
-def verdict(got, weights, x, y, hyper: dict, what: str) -> tuple[str, str, dict]:
+def verdict(got, weights, x, y, hyper: dict, what: str, seen=None) -> tuple[str, str, dict]:
+    """Compared with torch.optim.SGD on the raw batches, or, when the model saw other inputs (``seen``,
+    the input of each training forward: the student's function transforms each batch), on those."""
     want = reference(weights, x, y, **hyper)
     bitwise, diff, rel = compare(got, want)
+    inputs = seen if seen is not None and rel > RELATIVE and _differs(seen, x) else None
+    if inputs is not None:
+        bitwise, diff, rel = compare(got, reference(weights, x, y, inputs=inputs, **hyper))
+        what += " (your function transforms each batch before the model sees it: judged on what your model saw)"
     details = {"max_abs_difference": diff, "max_relative_difference": rel, "bitwise_equal": bitwise,
                "hyperparameters": {"lr": LR, **hyper}, "epochs": N_EPOCHS, "batches": N_BATCHES,
-               "batch_size": BATCH_SIZE}
+               "batch_size": BATCH_SIZE, "judged_on": "the raw batches" if inputs is None else "what the model saw"}
     if bitwise:
         return "pass", f"{what}: every parameter bitwise equal to torch.optim.SGD (torch.equal)", details
     if rel <= RELATIVE:
         return "pass", (f"{what}: equal to torch.optim.SGD within {RELATIVE:g} (largest difference {diff:.2g}, "
                         f"rounding; not bitwise)"), details
     return "fail", (f"{what}: parameters differ from torch.optim.SGD (largest difference {diff:.3g}); likely cause: "
-                    f"{diagnose(got, weights, x, y, hyper)}"), details
+                    f"{diagnose(got, weights, x, y, hyper, inputs)}"), details
+
+
+def _differs(seen, x) -> bool:
+    batches = [x[i:i + BATCH_SIZE] for i in range(0, len(x), BATCH_SIZE)] * N_EPOCHS
+    return any(s.shape != b.shape or not torch.equal(s, b) for s, b in zip(seen, batches))
+
+
+def seen_inputs(tensors: dict):
+    """The input of each training forward the runner recorded, when they are one per step of the grader's
+    problem, each a finite float batch of the course's input size; else None (judged on the raw batches)."""
+    steps = N_EPOCHS * N_BATCHES
+    if f"seen{steps}" in tensors or any(f"seen{i}" not in tensors for i in range(steps)):
+        return None
+    seen = [tensors[f"seen{i}"] for i in range(steps)]
+    if not all(t.dtype in (torch.float64, torch.float32) and t.numel() == BATCH_SIZE * 768 and t.dim() >= 2
+               and t.shape[0] == BATCH_SIZE and bool(torch.isfinite(t).all()) for t in seen):
+        return None
+    return [t.to(torch.float64).reshape(BATCH_SIZE, *IN_SHAPE) for t in seen]
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +266,7 @@ def trained(reply, tensors, problem_data, hyper, what) -> tuple[str, str, dict]:
     got = [tensor(tensors, f"p{i}", shape, f"parameter {i} after training")
            for i, shape in enumerate(weight_shapes())]
     weights, x, y = problem_data
-    status, message, details = verdict(got, weights, x, y, hyper, what)
+    status, message, details = verdict(got, weights, x, y, hyper, what, seen_inputs(tensors))
     details["called"] = text(reply.get("called", ""), 300)
     if reply.get("injected"):
         details["globals_provided"] = [text(n, 60) for n in reply["injected"]][:10]
