@@ -47,7 +47,7 @@ import nbformat
 from . import ROOT
 
 NOTEBOOKS = ("backpropagation.ipynb", "gradient_descent.ipynb")
-COPIED = ("tests_backpropagation.py", "tests_gradient_descent.py", "requirements.txt", "environment.yml",
+COPIED = ("tests_backpropagation.py", "harness_core.py", "tests_gradient_descent.py", "requirements.txt", "environment.yml",
           "tools/ensure-venv.sh")
 TEMPLATES = ROOT / "release"
 RUBRIC = ROOT / "grading" / "rubric.toml"

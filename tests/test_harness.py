@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import tests_backpropagation as harness
+import harness_core  # noqa: E402
 from inf265 import ROOT
 from inf265.nbdefs import load_definitions
 
@@ -995,8 +996,9 @@ assert not [m for m in sys.modules if m.startswith('inf265')]
 
 
 def test_standalone_copy_works(tmp_path, shared_data):
-    """The file copied alone next to a notebook: torch and torchvision only, MNIST from data/."""
-    (tmp_path / "tests_backpropagation.py").write_text((ROOT / "tests_backpropagation.py").read_text())
+    """The two files copied alone next to a notebook: torch and torchvision only, MNIST from data/."""
+    for name in ("tests_backpropagation.py", "harness_core.py"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
     (tmp_path / "data" / "MNIST").mkdir(parents=True)
     (tmp_path / "data" / "MNIST" / "raw").symlink_to((shared_data / "MNIST" / "raw").resolve())
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DATA_DIR")}
@@ -1093,8 +1095,8 @@ def test_finite_differences_are_the_course_ones(shared_data):
     model = MyNet([2, 4, 3, 2], activations=["sigmoid", "relu", "tanh"])
     x, y = harness.toy_data(model, 3)
     with torch.no_grad():
-        fast, _ = harness._finite_differences(model, x, y, "sse", 1e-6)
-        plain = harness._fd_in_place(model, x, y, "sse", 1e-6)
+        fast, _ = harness_core._finite_differences(model, x, y, "sse", 1e-6)
+        plain = harness_core._fd_in_place(model, x, y, "sse", 1e-6)
     for key in fast:
         assert harness.relative_error(fast[key], plain[key]) < 1e-8, key
 
@@ -1102,20 +1104,32 @@ def test_finite_differences_are_the_course_ones(shared_data):
 # ---------------------------------------------------------------------------------------------
 # the harness's own shape
 # ---------------------------------------------------------------------------------------------
-def test_harness_structure():
-    source = (ROOT / "tests_backpropagation.py").read_text()
-    tree = ast.parse(source)
+STDLIB = {"__future__", "_thread", "contextlib", "ctypes", "dis", "functools", "gzip", "math", "os", "signal", "sys",
+          "tempfile", "threading", "types", "dataclasses", "pathlib", "time"}
+
+
+def _tree(name):
+    tree = ast.parse((ROOT / name).read_text())
     imports = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imports |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imports <= {"__future__", "_thread", "contextlib", "ctypes", "dis", "functools", "gzip", "math", "os", "signal",
-                       "sys", "tempfile", "threading", "types", "dataclasses", "pathlib", "time", "torch",
-                       "torchvision"}, imports
     names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-    public = [name for name in names if not name.startswith("_")]
-    assert public[:2] == ["main_test", "collect"] and "judge" in public[:5] and set(public) <= set(harness.__all__)
-    first_step = names.index("_validate")   # the public API first, then main_test's steps
-    assert all(names.index(name) < first_step for name in public)
-    for node in ast.walk(tree):
+    return tree, imports, names
+
+
+def test_harness_structure():
+    """What a student opens is short (main_test and its report, the course's ~200 lines is the scale);
+    the guard, the judge and the diagnoses are in harness_core.py beside it; torch and torchvision only."""
+    tree, imports, names = _tree("tests_backpropagation.py")
+    assert len((ROOT / "tests_backpropagation.py").read_text().splitlines()) <= 260
+    assert imports <= STDLIB | {"torch", "harness_core"}, imports
+    assert [n for n in names if not n.startswith("_")] == ["main_test"]
+    core, core_imports, core_names = _tree("harness_core.py")
+    assert core_imports <= STDLIB | {"torch", "torchvision"}, core_imports
+    public = [name for name in core_names if not name.startswith("_")]
+    assert public[:2] == ["collect", "call_plan"] and "judge" in public[:5] and set(public) <= set(harness.__all__)
+    first_internal = core_names.index("_guarded_call")   # the public API first, then the internals
+    assert all(core_names.index(name) < first_internal for name in public)
+    for node in [*ast.walk(tree), *ast.walk(core)]:
         if isinstance(node, ast.FunctionDef):
             body = node.body[1:] if ast.get_docstring(node) else node.body
             assert body[-1].end_lineno - body[0].lineno + 1 <= 40, node.name

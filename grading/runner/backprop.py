@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-import tests_backpropagation as harness
+import harness_core as harness
 from grading.channel import pack
 
 
