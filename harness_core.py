@@ -1919,3 +1919,98 @@ def _scale_name(c, batch, n_out, loss):
     if found:  # several readings when they coincide (e.g. n_L = 2: factor 2 or mean over outputs)
         return ", or ".join(dict.fromkeys(found))
     return f"every gradient is scaled by {c:.6g}" if abs(c - 1) > 1e-3 else None
+
+
+# ============================================================================================
+# train_manual_update against torch.optim.SGD: the reference and the named mistakes (shared by
+# tests_gradient_descent.py and the grader's grading/checks/sgd.py)
+# ============================================================================================
+SGD_RULE = ("torch.optim.SGD computes, for each parameter p with gradient g: g = g + weight_decay * p; "
+            "b = g at the first step, then b = momentum * b + g; p = p - lr * b (b replaces g only when "
+            "momentum is not 0); the gradients are zeroed at every step")
+
+
+def sgd_reference(model, epochs, lr, zero_grad=True, mistake=None, **hyper) -> list:
+    """Train ``model`` (at the initial weights) with the standard loop ``zero_grad(); loss.backward();
+    step()`` of ``torch.optim.SGD`` and cross-entropy over ``epochs`` (a list of epochs, each a list of
+    ``(x, y)`` batches); its parameters after. ``mistake`` reproduces a common wrong update (see
+    :func:`sgd_diagnose`): ``"weights_only"``, ``"reset_each_epoch"``, ``"aliased_buffer"``,
+    ``"decay_after_momentum"``; ``zero_grad=False``: gradients never zeroed."""
+    params = list(model.parameters())
+    groups = [{"params": params}]
+    if mistake == "weights_only":
+        groups = [{"params": [p for p in params if p.dim() > 1]},
+                  {"params": [p for p in params if p.dim() == 1], "weight_decay": 0.0}]
+    optimizer = torch.optim.SGD(groups, lr=lr, **hyper)
+    loss_fn, buffers = nn.CrossEntropyLoss(), {}
+    with torch.enable_grad():
+        for batches in epochs:
+            if mistake == "reset_each_epoch":
+                optimizer, buffers = torch.optim.SGD(groups, lr=lr, **hyper), {}
+            for x, y in batches:
+                if zero_grad and mistake != "aliased_buffer":
+                    optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                if mistake in ("aliased_buffer", "decay_after_momentum"):
+                    _manual_step(params, buffers, lr, mistake, **hyper)
+                else:
+                    optimizer.step()
+    return [p.detach().clone() for p in params]
+
+
+def _manual_step(params, buffers, lr, mistake, momentum=0.0, weight_decay=0.0, **_):
+    """One step of a mistake as students write it: the momentum buffer aliasing ``p.grad`` (zeroed with
+    it), or weight decay added after the momentum buffer instead of before."""
+    with torch.no_grad():
+        for p in params:
+            g = p.grad
+            if mistake == "aliased_buffer":
+                g = g + weight_decay * p if weight_decay else g
+                buffers[p] = g = g + momentum * buffers[p] if p in buffers else g
+                p.copy_(p - lr * g)
+                p.grad.zero_()
+            else:
+                buffers[p] = b = momentum * buffers[p] + g if p in buffers else g.clone()
+                p.copy_(p - lr * (b + weight_decay * p))
+
+
+def sgd_mistakes(hyper: dict):
+    """(the mistake a match reveals, keyword arguments of :func:`sgd_reference`), most common first."""
+    if hyper.get("weight_decay"):
+        yield ("weight decay is missing (the term weight_decay * p added to the gradient)",
+               {**hyper, "weight_decay": 0})
+    if hyper.get("momentum"):
+        yield ("momentum is missing (no momentum buffer)",
+               {k: v for k, v in hyper.items() if k not in ("momentum", "dampening", "nesterov")})
+    if hyper.get("dampening"):
+        yield "dampening is ignored (buffer update b = momentum * b + (1 - dampening) * g)", {**hyper, "dampening": 0}
+    if hyper.get("nesterov"):
+        yield "the Nesterov step is missing (g = g + momentum * b)", {**hyper, "nesterov": False}
+    yield "the update goes uphill (the sign of the step is flipped)", {**hyper, "maximize": True}
+    if hyper.get("weight_decay"):
+        yield ("weight decay is applied to the weights only: torch.optim.SGD adds weight_decay * p to every "
+               "parameter's gradient, the biases' too", {**hyper, "mistake": "weights_only"})
+    if hyper.get("momentum"):
+        yield ("the momentum buffers are reset every epoch: they must live across epochs, like the optimizer's "
+               "state", {**hyper, "mistake": "reset_each_epoch"})
+        yield ("the momentum buffer is the tensor p.grad itself (an alias), so zeroing the gradient zeroes the "
+               "buffer: keep a copy (b = g.clone()) or a separate tensor", {**hyper, "mistake": "aliased_buffer"})
+    if hyper.get("momentum") and hyper.get("weight_decay"):
+        yield ("weight decay is applied after momentum (p -= lr * (b + wd * p)): add it to the gradient before "
+               "the buffer is updated (g = g + wd * p, then b = momentum * b + g)",
+               {**hyper, "mistake": "decay_after_momentum"})
+    yield ("the gradients are not zeroed between steps (they accumulate): zero them after each update",
+           {**hyper, "zero_grad": False})
+
+
+def sgd_diagnose(got, initial, hyper, train, close) -> str:
+    """The likely mistake of parameters ``got`` (trained from ``initial`` with ``hyper``): ``train(**kwargs)``
+    gives :func:`sgd_reference`'s parameters for a variant of :func:`sgd_mistakes`, ``close(a, b)`` says
+    whether two lists of parameters agree."""
+    if all(torch.equal(g, w) for g, w in zip(got, initial)):
+        return ("the parameters were not updated at all: update the model's own parameters in place, under "
+                "torch.no_grad() (p -= ..., or p.data = ...), not a copy")
+    for message, variant in sgd_mistakes(hyper):
+        if close(got, train(**variant)):
+            return message
+    return "no simple variant of torch.optim.SGD matches; " + SGD_RULE

@@ -1135,3 +1135,92 @@ def test_harness_structure():
             assert body[-1].end_lineno - body[0].lineno + 1 <= 40, node.name
     for check_id in harness.CHECKS:
         assert f"[{check_id}]" in harness.__doc__, check_id
+
+
+# ---------------------------------------------------------------------------------------------
+# the third bank (issue 21) and the trusted plan (issue 20), as students write them
+# ---------------------------------------------------------------------------------------------
+def bp_accumulates(model, y_true, y_pred):
+    """The stores added to once they hold something: passes a harness that empties them."""
+    delta = 2 * (y_pred - y_true) * model.df[model.L](model.z[model.L])
+    for l in range(model.L, 0, -1):
+        if model.dL_dw[l] is None:
+            model.dL_dw[l], model.dL_db[l] = delta.T @ model.a[l - 1], delta.sum(0)
+        else:
+            model.dL_dw[l] += delta.T @ model.a[l - 1]
+            model.dL_db[l] += delta.sum(0)
+        if l > 1:
+            delta = (delta @ model.fc[str(l)].weight) * model.df[l - 1](model.z[l - 1])
+
+
+def bp_own_forward(model, y_true, y_pred):
+    """A forward pass written by hand instead of the stored a/z (no model call, no autograd)."""
+    a, z = {0: model.a[0]}, {}
+    for l in range(1, model.L + 1):
+        z[l] = a[l - 1] @ model.fc[str(l)].weight.T + model.fc[str(l)].bias
+        a[l] = model.f[l](z[l])
+    delta = 2 * (a[model.L] - y_true) * model.df[model.L](z[model.L])
+    for l in range(model.L, 0, -1):
+        model.dL_dw[l], model.dL_db[l] = delta.T @ a[l - 1], delta.sum(0)
+        if l > 1:
+            delta = (delta @ model.fc[str(l)].weight) * model.df[l - 1](z[l - 1])
+
+
+def bp_transposes_and_restores(model, y_true, y_pred):
+    delta = 2 * (y_pred - y_true) * model.df[model.L](model.z[model.L])
+    for l in range(model.L, 0, -1):
+        a_prev = model.a[l - 1].t_()
+        model.dL_dw[l] = (a_prev @ delta).T
+        model.a[l - 1].t_()
+        model.dL_db[l] = delta.sum(0)
+        if l > 1:
+            delta = (delta @ model.fc[str(l)].weight) * model.df[l - 1](model.z[l - 1])
+
+
+def bp_zero_dim_bias(model, y_true, y_pred):
+    delta = 2 * (y_pred - y_true) * model.df[model.L](model.z[model.L])
+    for l in range(model.L, 0, -1):
+        model.dL_dw[l], model.dL_db[l] = delta.T @ model.a[l - 1], torch.sum(delta)
+        if l > 1:
+            delta = (delta @ model.fc[str(l)].weight) * model.df[l - 1](model.z[l - 1])
+
+
+def test_adding_to_the_stores_fails_as_in_the_courses_call_pattern():
+    _assert_caught("+=", bp_accumulates, None, "autograd", r"added to what model.dL_dw\[l\].*\(`\+=`\)")
+
+
+def test_only_the_stored_activations_pass_the_stale_check():
+    exc = _assert_caught("own forward", bp_own_forward, None, "stored_activations",
+                         r"recomputes the forward pass .* instead of using the stored")
+    assert list(failed(exc)) == ["stored_activations", "square"]   # right on the model's own forward pass
+
+
+def test_an_input_changed_and_put_back_is_not_a_change():
+    result, exc, report = run(bp_transposes_and_restores)
+    assert exc is None, report
+
+
+def test_a_zero_dim_bias_gradient_is_named_by_its_shape():
+    _assert_caught("sum without dim", bp_zero_dim_bias, None, "stored", r"model.dL_db\[1\] has shape \(\), expected \(3,\)")
+
+
+def test_judge_reads_records_only_as_answers_to_its_own_calls():
+    """A forged collection (fewer calls, other samples, zeros) is invalid or judged on the judge's plan."""
+    model = MyNet([2, 3, 2])
+    x, y = harness.toy_data(model, 3)
+    points = harness.parameter_points(model, x, y, n_points=1)
+    plan = harness.call_plan(3, 1)
+    collection = harness.collect(backpropagation, model, x, y, points, plan=plan, timeout=10)
+    reference = harness.ReferenceNet([2, 3, 2])
+    reference.load_state_dict(model.state_dict())
+    assert harness.judge(collection, reference, x, y, points, plan=plan).passed
+    forged = copy.deepcopy(collection)
+    for rec in forged["calls"]:
+        rec["samples"], rec["point"] = [], 0
+        for entry in rec["stored"].values():
+            entry["tensor"] = torch.zeros_like(entry["tensor"])
+    assert not harness.judge(forged, reference, x, y, points, plan=plan).passed   # judged on the plan's samples
+    for broken in ({"calls": collection["calls"][:2]}, {"calls": collection["calls"] * 2},
+                   {"calls": [{**collection["calls"][0], "autograd_how": "x"}] + collection["calls"][1:]}):
+        with pytest.raises(harness.InvalidRecords):
+            harness.judge(broken, reference, x, y, points, plan=plan)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch import nn
 
+from grading.checks.backprop import harness
 from grading.runner.models import IN_SHAPE, course_mlp, weight_shapes
 from grading.session import BadReply, tensor, text
+from inf265 import ROOT
 
 N_EPOCHS, N_BATCHES, BATCH_SIZE, LR = 2, 3, 8, 0.01
 RELATIVE = 1e-12
@@ -70,53 +71,22 @@ def _reference_of_problem(zero_grad: bool, mistake, hyper: tuple) -> list[torch.
 
 def _reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None, inputs=None,
                **hyper) -> list[torch.Tensor]:
-    """The standard loop; ``mistake`` reproduces a common wrong update (for :func:`diagnose`):
-    ``"reset_each_epoch"`` (momentum buffers started afresh every epoch), ``"weights_only"`` (no
-    weight decay on the biases), ``"aliased_buffer"`` (the momentum buffer stored is ``p.grad`` itself
-    when there is no weight decay, and ``p.grad.zero_()`` then zeroes it too)."""
+    """The standard loop from ``weights`` on the course's MLP (:func:`harness_core.sgd_reference`, with
+    ``mistake`` one of its common wrong updates), on the batches of ``x`` or on ``inputs``, step by step."""
     model = course_mlp().to(torch.float64)
     with torch.no_grad():
         for p, w in zip(model.parameters(), weights):
             p.copy_(w)
     lr = hyper.pop("lr", LR)
-    params = list(model.parameters())
-    if mistake == "weights_only":
-        groups = [{"params": [p for p in params if p.dim() > 1]},
-                  {"params": [p for p in params if p.dim() == 1], "weight_decay": 0.0}]
-    else:
-        groups = [{"params": params}]
-    optimizer = torch.optim.SGD(groups, lr=lr, **hyper)
-    loss_fn = nn.CrossEntropyLoss()
-    buffers, step = {}, 0
-    with torch.enable_grad():
-        for _ in range(N_EPOCHS):
-            if mistake == "reset_each_epoch":
-                optimizer = torch.optim.SGD(groups, lr=lr, **hyper)
-            for i in range(0, len(x), BATCH_SIZE):
-                if zero_grad and mistake != "aliased_buffer":
-                    optimizer.zero_grad()
-                seen = x[i:i + BATCH_SIZE] if inputs is None else inputs[step]
-                step += 1
-                loss_fn(model(seen), y[i:i + BATCH_SIZE]).backward()
-                if mistake == "aliased_buffer":
-                    _aliased_step(params, buffers, lr, **hyper)
-                else:
-                    optimizer.step()
-    return [p.detach().clone() for p in model.parameters()]
+    steps = iter(inputs) if inputs is not None else None
+    epochs = [[(x[i:i + BATCH_SIZE] if steps is None else next(steps), y[i:i + BATCH_SIZE])
+               for i in range(0, len(x), BATCH_SIZE)] for _ in range(N_EPOCHS)]
+    return core().sgd_reference(model, epochs, lr, zero_grad, mistake, **hyper)
 
 
-def _aliased_step(params, buffers, lr, momentum=0.0, weight_decay=0.0, **_):
-    """One step of the aliasing mistake, as students write it (see :func:`_reference`)."""
-    with torch.no_grad():
-        for p in params:
-            g = p.grad
-            if weight_decay:
-                g = g + weight_decay * p
-            if p in buffers:
-                g = g + momentum * buffers[p]
-            buffers[p] = g
-            p.copy_(p - lr * g)
-            p.grad.zero_()
+def core():
+    """The harness's core (one implementation of the SGD reference and its named mistakes)."""
+    return harness(str(ROOT / "tests_backpropagation.py"))
 
 
 def compare(got, want) -> tuple[bool, float, float]:
@@ -129,39 +99,9 @@ def compare(got, want) -> tuple[bool, float, float]:
 
 def diagnose(got, weights, x, y, hyper: dict, inputs=None) -> str:
     """The likely mistake: a torch.optim.SGD variant whose parameters the student's match."""
-    variants = []
-    if hyper.get("weight_decay"):
-        variants.append(("weight decay is missing (the term weight_decay * p added to the gradient)",
-                         {**hyper, "weight_decay": 0}))
-    if hyper.get("momentum"):
-        variants.append(("momentum is missing (no momentum buffer)",
-                         {k: v for k, v in hyper.items() if k not in ("momentum", "dampening", "nesterov")}))
-    if hyper.get("dampening"):
-        variants.append(("dampening is ignored (buffer update b = momentum * b + (1 - dampening) * g)",
-                         {**hyper, "dampening": 0}))
-    if hyper.get("nesterov"):
-        variants.append(("the Nesterov step is missing (g = g + momentum * b)", {**hyper, "nesterov": False}))
-    variants.append(("the update goes uphill (the sign of the step is flipped)", {**hyper, "maximize": True}))
-    if hyper.get("weight_decay"):
-        variants.append(("weight decay is applied to the weights only: torch.optim.SGD adds weight_decay * p to "
-                         "every parameter's gradient, the biases' too", {**hyper, "mistake": "weights_only"}))
-    if hyper.get("momentum"):
-        variants.append(("the momentum buffers are reset every epoch: they must live across epochs, like the "
-                         "optimizer's state", {**hyper, "mistake": "reset_each_epoch"}))
-        variants.append(("the momentum buffer is the tensor p.grad itself (an alias), so zeroing the gradient "
-                         "zeroes the buffer: keep a copy (b = g.clone()) or a separate tensor",
-                         {**hyper, "mistake": "aliased_buffer"}))
-    for message, variant in variants:
-        if compare(got, reference(weights, x, y, inputs=inputs, **variant))[2] < RELATIVE:
-            return message
-    if compare(got, reference(weights, x, y, zero_grad=False, inputs=inputs, **hyper))[2] < RELATIVE:
-        return "the gradients are not zeroed between steps (they accumulate)"
-    if compare(got, weights)[1] == 0:
-        return "the parameters were not updated at all (a copy was updated, or the update was not in place)"
-    if hyper.get("weight_decay") and hyper.get("momentum"):
-        return ("weight decay must be added to the gradient before the momentum buffer is updated "
-                "(g = g + wd * p, then b = momentum * b + g)")
-    return "no simple variant of torch.optim.SGD matches; compare the update with its documented algorithm"
+    def train(zero_grad=True, mistake=None, **variant):
+        return reference(weights, x, y, zero_grad, mistake, inputs, **variant)
+    return core().sgd_diagnose(got, weights, hyper, train, lambda a, b: compare(a, b)[2] < RELATIVE)
 
 
 def verdict(got, weights, x, y, hyper: dict, what: str, seen=None) -> tuple[str, str, dict]:
