@@ -2,11 +2,11 @@
 
 The grader chooses the net, the parameters (the harness's parameter points), the data and the
 calls (the harness's :func:`call_plan`: every sample at every point, then calls whose stored a/z
-come from other parameters); the runner returns what :func:`tests_backpropagation.collect`
-recorded while making them; here :func:`tests_backpropagation.judge` reads record i as the answer
+come from other parameters); the runner returns what :func:`harness_core.collect`
+recorded while making them; here :func:`harness_core.judge` reads record i as the answer
 to call i (nothing in a reply says which question it answers) and compares it with autograd,
 finite differences and equations (4)-(7) on the stored a/z, on the harness's own
-:class:`~tests_backpropagation.ReferenceNet`, in this process. A reply that does not fit the
+:class:`~harness_core.ReferenceNet`, in this process. A reply that does not fit the
 calls is "the reply was invalid", a failed check.
 
 The course's task is one sample at a time with the sum of squared errors on the course's nets
