@@ -40,7 +40,8 @@ from torch import nn
 __all__ = ["collect", "call_plan", "stale_point", "judge", "InvalidRecords", "collect_square", "judge_square",
            "CannotBuild", "toy_data", "load_mnist_sample", "data_folder", "parameter_points", "square_setup",
            "square_net", "inspect_code", "relative_error", "ReferenceNet", "BackpropTestResult", "Check",
-           "CHECKS", "LOSSES", "ACTIVATIONS", "TOLERANCES", "DEFAULT_TIMEOUT"]
+           "CHECKS", "LOSSES", "ACTIVATIONS", "TOLERANCES", "DEFAULT_TIMEOUT", "sgd_reference", "sgd_mistakes",
+           "sgd_diagnose", "SGD_RULE"]
 
 #: losses the harness knows: name -> (element-wise torch loss, reduction over entries, description)
 LOSSES = {
