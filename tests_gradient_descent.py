@@ -20,7 +20,8 @@ weight_decay=0, momentum=0)`` work (:data:`NAMES` lists the names recognised for
 
 ``main_test`` prints the report, returns a :class:`GDTestResult`, and raises ``AssertionError``
 when a case fails; a ``NotImplementedError`` from your function (the hand-out's stub) is raised as
-it is. These are the public checks: the grader runs more. The global random state and the default
+it is. These are the public checks: the grader runs more, and names the same mistakes (from
+``harness_core.py``, which must sit beside this file). The global random state and the default
 dtype are left as found. Needs only torch.
 """
 from __future__ import annotations
@@ -32,6 +33,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from harness_core import sgd_diagnose, sgd_reference  # beside this file: the grader's SGD reference and mistakes
 
 SEED = 265
 N_EPOCHS, N_BATCHES, BATCH_SIZE, LR = 2, 3, 8, 0.01
@@ -228,17 +231,10 @@ class Problem:
     def loader(self) -> DataLoader:
         return DataLoader(TensorDataset(self.x, self.y), batch_size=BATCH_SIZE, shuffle=False)
 
-    def sgd(self, zero_grad=True, **hyper) -> list:
-        """The parameters after the standard loop with torch.optim.SGD."""
-        model, loss_fn = self.model(), nn.CrossEntropyLoss()
-        optimizer = torch.optim.SGD(model.parameters(), lr=LR, **hyper)
-        for _ in range(N_EPOCHS):
-            for x, y in self.loader():
-                if zero_grad:
-                    optimizer.zero_grad()
-                loss_fn(model(x), y).backward()
-                optimizer.step()
-        return [p.detach().clone() for p in model.parameters()]
+    def sgd(self, zero_grad=True, mistake=None, **hyper) -> list:
+        """The parameters after the standard loop with torch.optim.SGD (or one of its common mistakes)."""
+        epochs = [list(self.loader()) for _ in range(N_EPOCHS)]
+        return sgd_reference(self.model(), epochs, LR, zero_grad, mistake, **hyper)
 
 
 # ============================================================================================
@@ -294,51 +290,30 @@ def _close(got, want) -> bool:
     return _compare(got, want)[1] <= RELATIVE
 
 
-# ============================================================================================
-# the likely cause of a difference
-# ============================================================================================
-_SGD_RULE = ("torch.optim.SGD computes, for each parameter p with gradient g: g = g + weight_decay * p; "
-             "b = g at the first step, then b = momentum * b + g; p = p - lr * b (b replaces g only when "
-             "momentum is not 0); the gradients are zeroed at every step")
-
-
 def _diagnose(got, problem: Problem, hyper: dict) -> str:
-    if all(torch.equal(g, w) for g, w in zip(got, problem.weights)):
-        return ("the parameters did not change: update the model's own parameters in place, under "
-                "torch.no_grad() (p -= ..., or p.data = ...)")
-    for variant, zero_grad, cause in _variants(hyper):
-        if _close(got, problem.sgd(zero_grad=zero_grad, **variant)):
-            return cause
-    return _SGD_RULE
-
-
-def _variants(hyper: dict):
-    """(hyper-parameters, zero_grad, the mistake a match reveals), most common mistakes first."""
-    if hyper.get("weight_decay"):
-        yield {**hyper, "weight_decay": 0}, True, ("equal to SGD without weight decay: the term "
-                                                   "weight_decay * p is missing from the gradient (task 6)")
-    if hyper.get("momentum"):
-        yield {**hyper, "momentum": 0}, True, "equal to SGD without momentum: the momentum term is missing (task 7)"
-    yield hyper, False, ("equal to SGD with gradients never zeroed: they accumulate over the steps; zero them "
-                         "after each update (task 4)")
+    """The likely mistake (the grader's own list: harness_core.sgd_mistakes)."""
+    return "likely cause: " + sgd_diagnose(got, problem.weights, hyper, problem.sgd, _close)
 
 
 # ============================================================================================
 # report and state
 # ============================================================================================
 def _print_report(result: GDTestResult, problem: Problem, verbose: bool):
-    print("\n __________________________________________________________________ ")
-    print("  Check train_manual_update against torch.optim.SGD")
-    print(f"  called as {result.call}")
-    print(f"  {N_EPOCHS} epochs of {N_BATCHES} mini-batches of {BATCH_SIZE} inputs {'x'.join(map(str, IN_SHAPE))}, "
-          f"MLP 768-16-2, cross-entropy, lr {LR}, float64 on {problem.device.type}")
-    print(" __________________________________________________________________ ")
-    for check in result.checks:
+    """Short by default: a header, one PASSED line naming the cases that passed, each FAILED case with
+    its message, the summary; ``verbose``: every case's line and its largest differences."""
+    print(f"\n Check train_manual_update against torch.optim.SGD, called as {result.call} ({N_EPOCHS} epochs of "
+          f"{N_BATCHES} mini-batches of {BATCH_SIZE} inputs {'x'.join(map(str, IN_SHAPE))}, MLP 768-16-2, "
+          f"cross-entropy, lr {LR}, float64 on {problem.device.type})")
+    passed = [c for c in result.checks if c.passed]
+    if passed and not verbose:
+        bitwise = "bitwise equal" if all(c.bitwise for c in passed) else "equal within 1e-12"
+        print(f" PASSED  {'; '.join(c.name for c in passed)} ({bitwise})")
+    for check in result.checks if verbose else [c for c in result.checks if not c.passed]:
         print(check.line())
         if verbose:
             for name, diff in check.differences.items():
                 print(f"           {name:<12} largest |yours - SGD's| {diff:.3e}")
-    print("\n" + result.summary())
+    print(result.summary())
 
 
 @contextlib.contextmanager

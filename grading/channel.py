@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import select
 import time
 
@@ -18,10 +19,12 @@ import torch
 
 MAGIC = b"INF265-RUNNER-1\n"
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
-          "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool,
-          "uint8": torch.uint8}
+          "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32, "int16": torch.int16,
+          "int8": torch.int8, "bool": torch.bool, "uint8": torch.uint8, "complex64": torch.complex64,
+          "complex128": torch.complex128}
 MAX_BYTES = 256 << 20
 MAX_HEADER = 4 << 20
+MAX_DEPTH = 32      # nesting of a header's JSON (lists and objects)
 
 
 class ChannelError(RuntimeError):
@@ -32,22 +35,43 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a dense, contiguous CPU tensor of a dtype of :data:`DTYPES`, with its shape: any tensor a
+    student's code may produce (0-dim, empty, a view, sparse, a subclass, an unusual dtype) can be sent.
+    Values of other dtypes are converted to float64 (complex ones to complex128)."""
+    t = t.detach()
+    if type(t) is not torch.Tensor:
+        t = torch.Tensor._make_subclass(torch.Tensor, t)
+    if t.layout is not torch.strided:
+        t = t.to_dense()
+    t = t.to("cpu")
+    if _dtype_name(t.dtype) not in DTYPES:
+        t = t.to(torch.complex128 if t.is_complex() else torch.float64)
+    return t.contiguous()
+
+
+def _raw(t: torch.Tensor) -> bytes:
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
 def encode(header: dict, tensors: dict[str, torch.Tensor] | None = None) -> bytes:
-    """One message: ``header`` (JSON-serialisable) and named tensors (sent as raw bytes)."""
+    """One message: ``header`` (JSON-serialisable) and named tensors (sent as raw bytes, see :func:`plain`)."""
     tensors = tensors or {}
     specs, blobs = [], []
     for name, t in tensors.items():
-        t = t.detach().to("cpu").contiguous()
-        if _dtype_name(t.dtype) not in DTYPES:
-            t = t.to(torch.float64)
+        t = plain(t)
         specs.append({"name": name, "dtype": _dtype_name(t.dtype), "shape": list(t.shape)})
-        blobs.append(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        blobs.append(_raw(t))
     head = json.dumps({**header, "tensors": specs}, allow_nan=True).encode("utf-8")
     return MAGIC + len(head).to_bytes(8, "big") + head + b"".join(blobs)
 
 
 def send(fd: int, header: dict, tensors: dict[str, torch.Tensor] | None = None) -> None:
-    data = memoryview(encode(header, tensors))
+    write(fd, encode(header, tensors))
+
+
+def write(fd: int, message: bytes) -> None:
+    data = memoryview(message)
     while data:
         n = os.write(fd, data)
         data = data[n:]
@@ -88,10 +112,13 @@ class Reader:
         size = int.from_bytes(self._take(8, deadline, alive), "big")
         if size > MAX_HEADER:
             raise ChannelError(f"malformed reply: header of {size} bytes (at most {MAX_HEADER})")
+        raw = self._take(size, deadline, alive)
+        if _depth(raw) > MAX_DEPTH:
+            raise ChannelError(f"malformed reply: header nested more than {MAX_DEPTH} levels deep")
         try:
-            header = json.loads(self._take(size, deadline, alive).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ChannelError(f"malformed reply: header is not JSON ({exc})") from None
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ChannelError(f"malformed reply: header is not JSON ({str(exc)[:200]})") from None
         if not isinstance(header, dict) or not isinstance(header.get("tensors", []), list):
             raise ChannelError("malformed reply: header is not a JSON object with a list of tensors")
         tensors, total = {}, 0
@@ -105,6 +132,19 @@ class Reader:
             t = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if nbytes else torch.empty(0, dtype=torch.uint8)
             tensors[name] = t.view(dtype).reshape(shape).clone() if nbytes else torch.empty(shape, dtype=dtype)
         return header, tensors
+
+
+#: JSON strings and runs of characters that are neither brackets nor quotes (removed to see the nesting)
+_NOT_STRUCTURE = re.compile(rb'"(?:[^"\\]|\\.)*"|[^\[\]{}"]+')
+
+
+def _depth(raw: bytes) -> int:
+    """The deepest nesting of lists and objects in JSON text (strings skipped), without parsing it."""
+    depth = deepest = 0
+    for c in _NOT_STRUCTURE.sub(b"", raw):
+        depth += 1 if c in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _valid_spec(spec) -> tuple[str, list[int], torch.dtype]:
@@ -139,7 +179,7 @@ def pack(obj, tensors: dict | None = None, prefix: str = "t") -> tuple[object, d
 
 def unpack(obj, tensors: dict[str, torch.Tensor], depth: int = 0):
     """The inverse of :func:`pack`, on data that came through the channel (validated by the caller)."""
-    if depth > 64:
+    if depth > MAX_DEPTH:
         raise ChannelError("malformed reply: data nested too deeply")
     if isinstance(obj, dict):
         if set(obj) == {"__tensor__"}:

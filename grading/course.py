@@ -16,7 +16,8 @@ from inf265 import ROOT
 
 #: files copied, relative to the project root: the runner and its channel, the harness, and the course's
 #: support package (the data layer, figures and results helpers the notebooks import; not the report builder)
-FILES = ("grading/__init__.py", "grading/channel.py", "grading/runner/*.py", "inf265/*.py", "tests_backpropagation.py")
+FILES = ("grading/__init__.py", "grading/channel.py", "grading/runner/*.py", "inf265/*.py", "tests_backpropagation.py",
+         "harness_core.py")
 EXCLUDED = ("inf265/report.py",)
 
 SITECUSTOMIZE = '''\
@@ -90,8 +91,8 @@ def build(harness: Path | None = None) -> Path:
             name = str(source.relative_to(ROOT))
             if name in EXCLUDED:
                 continue
-            if name == "tests_backpropagation.py" and harness:
-                source = harness
+            if name in ("tests_backpropagation.py", "harness_core.py") and harness:
+                source = harness.parent / name  # the official harness and the core beside it
             target = folder / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)

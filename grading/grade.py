@@ -65,7 +65,8 @@ class Context:
     def provided(self) -> dict[str, Path]:
         """The course's files put into every working copy in place of the student's own: the official
         harness and the public self-check (students hand in only their notebooks)."""
-        return {"tests_backpropagation.py": self.harness, "tests_gradient_descent.py": SELF_CHECK}
+        return {"tests_backpropagation.py": self.harness, "harness_core.py": self.harness.parent / "harness_core.py",
+                "tests_gradient_descent.py": SELF_CHECK}
 
 
 def check_folder(folder: Path) -> None:

@@ -39,7 +39,8 @@ from . import inbox, sandbox
 from .cli import DEFAULT_HARNESS, Setup
 
 #: what goes into /autograder/source, relative to the project root (folders recursively, *.py, *.toml)
-SOURCES = ("grading", "inf265", "tests_backpropagation.py", "tests_gradient_descent.py", "requirements.txt")
+SOURCES = ("grading", "inf265", "tests_backpropagation.py", "harness_core.py", "tests_gradient_descent.py",
+           "requirements.txt")
 
 SETUP_SH = """#!/usr/bin/env bash
 # Gradescope runs this once, as root, when it builds the autograder image (network available).

@@ -2,7 +2,7 @@
 
 The rubric (``grading/rubric.toml``) gives the points and may change titles, never invent ids.
 ``scope`` is ``"course"`` for what the assignment asks, ``"beyond"`` for extensions (batches,
-other activations, deeper nets, dampening, Nesterov), worth 0 points unless the rubric says
+other activations, dampening, Nesterov), worth 0 points unless the rubric says
 otherwise; a beyond check never changes a course check's verdict.
 """
 from __future__ import annotations
@@ -31,12 +31,12 @@ CHECKS = (
           "MNIST net MyNet([576, 16, 10]), one sample at a time, SSE"),
     Check("backprop_square", "backpropagation", "backprop", "course",
           "Square layers MyNet([3, 3, 3, 2]) (tanh), one sample at a time, SSE"),
+    Check("backprop_deep", "backpropagation", "backprop", "course",
+          "Three hidden layers MyNet([2, 5, 4, 3, 2]) (tanh), one sample at a time, SSE"),
     Check("backprop_batch", "backpropagation", "backprop", "beyond",
           "Beyond the course: a batch of samples in one call"),
     Check("backprop_activations", "backpropagation", "backprop", "beyond",
           "Beyond the course: other activations per layer (sigmoid, ReLU, identity)"),
-    Check("backprop_deep", "backpropagation", "backprop", "beyond",
-          "Beyond the course: a deeper net MyNet([2, 5, 4, 3, 2])"),
     # --- gradient_descent.ipynb
     Check("load_gradient_descent", "train_manual_update", "sgd", "course",
           "MyMLP, train and train_manual_update load from gradient_descent.ipynb"),

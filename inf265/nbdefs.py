@@ -168,25 +168,43 @@ def _scope_names(node: ast.stmt) -> tuple[set[str], set[str]]:
 def needed_statements(path: str | Path, wanted, skip=()) -> list[tuple[int, ast.stmt]]:
     """The statements that define ``wanted`` and what they use, transitively, in notebook order.
 
-    For each needed name the notebook's last binding of it is taken (the state the notebook ends
-    in), plus earlier ones when that binding reads its own name (``x = x + 1``). Names in ``skip``
-    are not resolved (the caller provides them).
+    Notebook semantics: a statement sees, when it runs, the binding of a name that precedes it (a
+    class's base, a decorator, a default value), and a function sees, when it is called after the
+    whole notebook ran, the last binding. So for a name a statement uses, both are taken: the last
+    binding before the statement and the notebook's last one (a later ``from torch import nn``, a
+    helper redefined further down), with earlier ones when a binding reads its own name (``x = x +
+    1``), and the last one outside a loop when the last is made by a loop (which may fail, and is
+    then skipped). Names in ``skip`` are not resolved (the caller provides them).
     """
     statements = [(cell, node, *_scope_names(node)) for cell, node in _statements(path)]
-    todo, seen, chosen = list(wanted), set(skip), set()
+    end = len(statements)
+    todo, seen, chosen = [(name, end) for name in wanted if name not in skip], set(), set()
     while todo:
-        name = todo.pop()
-        if name in seen:
+        name, before = todo.pop()
+        if (name, before) in seen or name in skip:
             continue
-        seen.add(name)
-        for i in reversed(range(len(statements))):
-            cell, node, bound, used = statements[i]
-            if name in bound:
-                chosen.add(i)
-                todo.extend(used - seen)
-                if name not in used:
-                    break
+        seen.add((name, before))
+        for i in _bindings(statements, name, before) | _bindings(statements, name, end):
+            chosen.add(i)
+            todo.extend((used, i) for used in statements[i][3])
     return [(statements[i][0], statements[i][1]) for i in sorted(chosen)]
+
+
+_LOOPS = (ast.For, ast.AsyncFor, ast.While)
+
+
+def _bindings(statements, name, before) -> set[int]:
+    """The statements whose bindings of ``name`` a statement at index ``before`` sees: the last one
+    before it (and the ones that one reads, ``x = x + 1``; and the last one outside a loop)."""
+    out, loop_only = set(), True
+    for i in reversed(range(before)):
+        _, node, bound, used = statements[i]
+        if name in bound:
+            out.add(i)
+            loop_only = loop_only and isinstance(node, _LOOPS)
+            if name not in used and not loop_only:
+                break
+    return out
 
 
 def load_needed(path: str | Path, wanted, skip=(), name: str | None = None,

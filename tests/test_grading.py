@@ -230,6 +230,24 @@ def test_malformed_replies_are_refused_with_a_reason(data, message):
         _reader(data).receive()
 
 
+@pytest.mark.parametrize("t", [torch.tensor(2.5), torch.zeros(0, 3), torch.arange(12.).reshape(3, 4).T,
+                               torch.ones(3, dtype=torch.uint16), torch.tensor([1 + 2j]), torch.eye(2).to_sparse(),
+                               torch.ones(2, requires_grad=True), torch.ones(3, dtype=torch.float32)[::2]],
+                         ids=["0-dim", "empty", "transposed", "uint16", "complex", "sparse", "requires grad", "strided"])
+def test_any_tensor_a_student_produces_goes_through_the_channel(t):
+    _, tensors = _reader(channel.encode({"id": "x"}, {"t": t})).receive()
+    got = tensors["t"]
+    assert got.shape == t.shape and torch.equal(got.to(torch.complex128), t.detach().to_dense().to(torch.complex128))
+
+
+def test_deeply_nested_headers_are_refused_without_parsing():
+    head = b'{"a": ' + b"[" * 20000 + b"]" * 20000 + b"}"  # (a pipe holds 64 KiB)
+    with pytest.raises(channel.ChannelError, match="nested more than"):
+        _reader(channel.MAGIC + len(head).to_bytes(8, "big") + head).receive()
+    head = b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\" [[["}'  # brackets in a string
+    assert _reader(channel.MAGIC + len(head).to_bytes(8, "big") + head).receive()[0]["a"].startswith("[[[")
+
+
 def test_a_reply_announcing_more_tensor_bytes_than_allowed_is_refused():
     head = json.dumps({"tensors": [{"name": "t", "dtype": "float64", "shape": [1 << 20, 1 << 4]}]}).encode()
     with pytest.raises(channel.ChannelError, match="more than"):
@@ -327,12 +345,27 @@ def double():
     ("weights_only", {"weight_decay": 0.01}, "weights only"),
     ("reset_each_epoch", {"momentum": 0.9}, "reset every epoch"),
     ("aliased_buffer", {"momentum": 0.9}, "p.grad itself"),
+    ("decay_after_momentum", {"momentum": 0.8, "weight_decay": 0.001}, "weight decay is applied after momentum"),
 ])
 def test_common_update_mistakes_are_named(double, mistake, hyper, words):
     weights, x, y = sgd.problem()
     got = sgd.reference(weights, x, y, mistake=mistake, **hyper)
     status, message, _ = sgd.verdict(got, weights, x, y, hyper, "train_manual_update")
     assert status == "fail" and words in message, message
+
+
+def test_an_update_on_transformed_batches_is_judged_on_what_the_model_saw(double):
+    weights, x, y = sgd.problem()
+    seen = [(b - b.mean()) / b.std() for b in x.split(sgd.BATCH_SIZE)] * sgd.N_EPOCHS
+    got = sgd.reference(weights, x, y, inputs=seen, momentum=0.9)
+    tensors = {f"seen{i}": t.flatten(1) for i, t in enumerate(seen)}
+    status, message, details = sgd.verdict(got, weights, x, y, {"momentum": 0.9}, "m", sgd.seen_inputs(tensors))
+    assert status == "pass" and "judged on what your model saw" in message and details["judged_on"] != "the raw batches"
+    assert sgd.verdict(got, weights, x, y, {"momentum": 0.9}, "m")[0] == "fail"     # on the raw batches
+    assert sgd.seen_inputs({**tensors, "seen6": seen[0]}) is None                   # not one per step: raw
+    wrong = sgd.reference(weights, x, y, inputs=seen, mistake="reset_each_epoch", momentum=0.9)
+    status, message, _ = sgd.verdict(wrong, weights, x, y, {"momentum": 0.9}, "m", sgd.seen_inputs(tensors))
+    assert status == "fail" and "reset every epoch" in message, message
 
 
 def test_rounding_differences_pass_and_say_they_are_not_bitwise(double):
@@ -367,7 +400,7 @@ def test_gradescope_package_grades_a_folder_laid_out_like_autograder(tmp_path, s
     assert run.returncode == 0, run.stdout + run.stderr
     results = json.loads((root / "results" / "results.json").read_text())
     _validate_gradescope(results)
-    assert results["score"] == sum(t["score"] for t in results["tests"]) == 28
+    assert results["score"] == sum(t["score"] for t in results["tests"]) == 30
     assert {t["status"] for t in results["tests"]} <= {"passed", "failed"}
     assert any("[backprop_toy]" in t["name"] for t in results["tests"])
 

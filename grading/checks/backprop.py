@@ -1,14 +1,20 @@
 """Trusted checks of section 2: the student's ``backpropagation`` judged by the official harness.
 
-The grader chooses the net, the parameters (the harness's parameter points) and the data; the
-runner returns what :func:`tests_backpropagation.collect` recorded while calling the student's
-function; here :func:`tests_backpropagation.judge` compares it with autograd and finite
-differences on the harness's own :class:`~tests_backpropagation.ReferenceNet`, in this process.
+The grader chooses the net, the parameters (the harness's parameter points), the data and the
+calls (the harness's :func:`call_plan`: every sample at every point, then calls whose stored a/z
+come from other parameters); the runner returns what :func:`harness_core.collect`
+recorded while making them; here :func:`harness_core.judge` reads record i as the answer
+to call i (nothing in a reply says which question it answers) and compares it with autograd,
+finite differences and equations (4)-(7) on the stored a/z, on the harness's own
+:class:`~harness_core.ReferenceNet`, in this process. A reply that does not fit the
+calls is "the reply was invalid", a failed check.
 
 The course's task is one sample at a time with the sum of squared errors on the course's nets
-(toy, MNIST, and square layers, all tanh); a batch, other activations and a deeper net are
+(toy, MNIST, square layers and three hidden layers, all tanh); a batch and other activations are
 "beyond the course" checks. Partial credit follows the harness's sub-checks (rubric weights); a
-function that used autograd or evaluated the model scores 0.
+function that used autograd or evaluated the model scores 0, one that does not use the stored
+activations loses the autograd share. A beyond-the-course check that cannot be set up from the
+student's class (its MyNet takes other arguments) is skipped, never failed.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from pathlib import Path
 import torch
 
 from grading.channel import ChannelError, unpack
+from grading.registry import BY_ID
 from grading.session import BadReply, tensor, text
 
 #: check id -> the net (n_l, activations per layer or None for the course's tanh), data and batch
@@ -31,6 +38,8 @@ PLANS = {
     "backprop_activations": {"n_l": [2, 4, 3, 2], "data": "toy", "activations": ["sigmoid", "relu", "identity"]},
     "backprop_deep": {"n_l": [2, 5, 4, 3, 2], "data": "toy"},
 }
+#: harness sub-checks that share another's weight: without them, that share is not credited
+SHARES = {"stored_activations": "autograd"}
 #: harness sub-check id -> rubric weight name (the batch sub-check counts as the autograd one)
 WEIGHTS = {"runs": "runs", "unchanged": "untouched", "stored": "stored", "autograd": "autograd",
            "autograd_batch": "autograd", "finite_differences": "finite_differences"}
@@ -39,8 +48,9 @@ SEED = 265
 
 @functools.lru_cache(maxsize=4)
 def harness(path: str):
-    """The official harness, imported from ``path`` under a name of its own (our file, trusted)."""
-    spec = importlib.util.spec_from_file_location("inf265_official_harness", path)
+    """The official harness's core (``harness_core.py`` beside the harness ``path``), imported under a name
+    of its own (our file, trusted)."""
+    spec = importlib.util.spec_from_file_location("inf265_official_harness_core", Path(path).parent / "harness_core.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # (dataclasses look their module up)
     spec.loader.exec_module(module)
@@ -83,9 +93,8 @@ def _collection(reply: dict, tensors: dict) -> dict:
         collection = unpack(reply.get("collection"), tensors)
     except ChannelError as exc:
         raise BadReply(str(exc)) from None
-    if not isinstance(collection, dict) or not isinstance(collection.get("calls"), list) or not all(
-            isinstance(c, dict) for c in collection["calls"]):
-        raise BadReply("the harness's record of the calls is not a dict with a list of calls")
+    if not isinstance(collection, dict):
+        raise BadReply("the harness's record of the calls is not a dict")
     return collection
 
 
@@ -99,6 +108,9 @@ def verdict(result, weights: dict[str, float]) -> tuple[str, str, float]:
         return "pass", f"{len(result.checks)} / {len(result.checks)} harness checks passed", 1.0
     if "autograd_batch" in checks:  # beyond the course: the batch comparison is the one that counts
         checks.pop("autograd", None)
+    for cid, shared in SHARES.items():
+        if cid in checks and not checks[cid].passed:
+            checks.pop(shared, None)
     fraction = sum(weights.get(WEIGHTS.get(cid, ""), 0.0) for cid, c in checks.items() if c.passed)
     first = result.failed[0]
     names = "; ".join(c.name for c in result.failed)
@@ -112,14 +124,18 @@ def check(runner, notebook: str, check_id: str, ctx) -> tuple[str, str, dict]:
     plan = PLANS[check_id]
     _, x, y, points = setup(str(ctx.harness), check_id, ctx.data)
     net = reference(h, check_id, points)
+    calls = h.call_plan(x.shape[0], len(points), bool(plan.get("batch")))
     tensors = {"x": x, "y": y}
     for p, point in enumerate(points):
         tensors.update({f"point{p}:{key}": t for key, t in point.items()})
     header = {"notebook": notebook, "n_l": plan["n_l"], "activations": plan.get("activations"),
-              "n_points": len(points), "batch": bool(plan.get("batch")), "timeout": ctx.check_cpu}
+              "n_points": len(points), "plan": calls, "timeout": ctx.check_cpu}
     reply, reply_tensors = runner.request("backprop", header, tensors, cpu_seconds=ctx.check_cpu,
                                           what="backpropagation")
     name = f"MyNet({plan['n_l']})"
+    if reply.get("status") == "cannot_build" and BY_ID[check_id].scope == "beyond":
+        return "skipped", (f"not set up: {text(reply.get('error'), 500)}; your MyNet takes arguments the course's "
+                           f"does not, so this extra check was skipped (it is worth no course points)"), {}
     if reply.get("status") != "ok":
         error = text(reply.get("error", "unknown error"), 1500)
         return "error", f"could not run the check on {name}: {error}", {
@@ -133,7 +149,10 @@ def check(runner, notebook: str, check_id: str, ctx) -> tuple[str, str, dict]:
                         f"(outputs differ by up to {float((outputs - want).abs().max()):.3g}); its gradients cannot "
                         f"be compared"), {}
     collection = _collection(reply, reply_tensors)
-    result = h.judge(collection, net, x, y, points, loss="sse", eps=1e-6, data=plan["data"])
+    try:
+        result = h.judge(collection, net, x, y, points, loss="sse", eps=1e-6, data=plan["data"], plan=calls)
+    except h.InvalidRecords as exc:
+        return "fail", f"the reply was invalid: {exc}", {}
     status, message, fraction = verdict(result, ctx.rubric.subcheck_weights)
     details = {"fraction": fraction, "harness_checks": [{"id": c.id, "name": c.name, "passed": c.passed,
                                                         "message": c.message} for c in result.checks]}

@@ -13,10 +13,11 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch import nn
 
+from grading.checks.backprop import harness
 from grading.runner.models import IN_SHAPE, course_mlp, weight_shapes
 from grading.session import BadReply, tensor, text
+from inf265 import ROOT
 
 N_EPOCHS, N_BATCHES, BATCH_SIZE, LR = 2, 3, 8, 0.01
 RELATIVE = 1e-12
@@ -54,11 +55,13 @@ def _make_problem(seed: int = 265) -> tuple[list[torch.Tensor], torch.Tensor, to
 _PROBLEM = _make_problem()  # at import (under the import lock): threads grading side by side share it
 
 
-def reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None, **hyper) -> list[torch.Tensor]:
-    """The parameters after the standard torch.optim.SGD loop from ``weights`` (cached for the grader's problem)."""
-    if weights is problem()[0]:
+def reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None, inputs=None,
+              **hyper) -> list[torch.Tensor]:
+    """The parameters after the standard torch.optim.SGD loop from ``weights`` (cached for the grader's
+    problem); ``inputs``: what the model saw at each step instead of the raw batches of ``x``."""
+    if weights is problem()[0] and inputs is None:
         return _reference_of_problem(zero_grad, mistake, tuple(sorted(hyper.items())))
-    return _reference(weights, x, y, zero_grad, mistake, **hyper)
+    return _reference(weights, x, y, zero_grad, mistake, inputs, **hyper)
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,52 +69,24 @@ def _reference_of_problem(zero_grad: bool, mistake, hyper: tuple) -> list[torch.
     return _reference(*problem(), zero_grad, mistake, **dict(hyper))
 
 
-def _reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None, **hyper) -> list[torch.Tensor]:
-    """The standard loop; ``mistake`` reproduces a common wrong update (for :func:`diagnose`):
-    ``"reset_each_epoch"`` (momentum buffers started afresh every epoch), ``"weights_only"`` (no
-    weight decay on the biases), ``"aliased_buffer"`` (the momentum buffer stored is ``p.grad`` itself
-    when there is no weight decay, and ``p.grad.zero_()`` then zeroes it too)."""
+def _reference(weights, x, y, zero_grad: bool = True, mistake: str | None = None, inputs=None,
+               **hyper) -> list[torch.Tensor]:
+    """The standard loop from ``weights`` on the course's MLP (:func:`harness_core.sgd_reference`, with
+    ``mistake`` one of its common wrong updates), on the batches of ``x`` or on ``inputs``, step by step."""
     model = course_mlp().to(torch.float64)
     with torch.no_grad():
         for p, w in zip(model.parameters(), weights):
             p.copy_(w)
     lr = hyper.pop("lr", LR)
-    params = list(model.parameters())
-    if mistake == "weights_only":
-        groups = [{"params": [p for p in params if p.dim() > 1]},
-                  {"params": [p for p in params if p.dim() == 1], "weight_decay": 0.0}]
-    else:
-        groups = [{"params": params}]
-    optimizer = torch.optim.SGD(groups, lr=lr, **hyper)
-    loss_fn = nn.CrossEntropyLoss()
-    buffers = {}
-    with torch.enable_grad():
-        for _ in range(N_EPOCHS):
-            if mistake == "reset_each_epoch":
-                optimizer = torch.optim.SGD(groups, lr=lr, **hyper)
-            for i in range(0, len(x), BATCH_SIZE):
-                if zero_grad and mistake != "aliased_buffer":
-                    optimizer.zero_grad()
-                loss_fn(model(x[i:i + BATCH_SIZE]), y[i:i + BATCH_SIZE]).backward()
-                if mistake == "aliased_buffer":
-                    _aliased_step(params, buffers, lr, **hyper)
-                else:
-                    optimizer.step()
-    return [p.detach().clone() for p in model.parameters()]
+    steps = iter(inputs) if inputs is not None else None
+    epochs = [[(x[i:i + BATCH_SIZE] if steps is None else next(steps), y[i:i + BATCH_SIZE])
+               for i in range(0, len(x), BATCH_SIZE)] for _ in range(N_EPOCHS)]
+    return core().sgd_reference(model, epochs, lr, zero_grad, mistake, **hyper)
 
 
-def _aliased_step(params, buffers, lr, momentum=0.0, weight_decay=0.0, **_):
-    """One step of the aliasing mistake, as students write it (see :func:`_reference`)."""
-    with torch.no_grad():
-        for p in params:
-            g = p.grad
-            if weight_decay:
-                g = g + weight_decay * p
-            if p in buffers:
-                g = g + momentum * buffers[p]
-            buffers[p] = g
-            p.copy_(p - lr * g)
-            p.grad.zero_()
+def core():
+    """The harness's core (one implementation of the SGD reference and its named mistakes)."""
+    return harness(str(ROOT / "tests_backpropagation.py"))
 
 
 def compare(got, want) -> tuple[bool, float, float]:
@@ -122,56 +97,50 @@ def compare(got, want) -> tuple[bool, float, float]:
     return equal, diff, diff / scale
 
 
-def diagnose(got, weights, x, y, hyper: dict) -> str:
+def diagnose(got, weights, x, y, hyper: dict, inputs=None) -> str:
     """The likely mistake: a torch.optim.SGD variant whose parameters the student's match."""
-    variants = []
-    if hyper.get("weight_decay"):
-        variants.append(("weight decay is missing (the term weight_decay * p added to the gradient)",
-                         {**hyper, "weight_decay": 0}))
-    if hyper.get("momentum"):
-        variants.append(("momentum is missing (no momentum buffer)",
-                         {k: v for k, v in hyper.items() if k not in ("momentum", "dampening", "nesterov")}))
-    if hyper.get("dampening"):
-        variants.append(("dampening is ignored (buffer update b = momentum * b + (1 - dampening) * g)",
-                         {**hyper, "dampening": 0}))
-    if hyper.get("nesterov"):
-        variants.append(("the Nesterov step is missing (g = g + momentum * b)", {**hyper, "nesterov": False}))
-    variants.append(("the update goes uphill (the sign of the step is flipped)", {**hyper, "maximize": True}))
-    if hyper.get("weight_decay"):
-        variants.append(("weight decay is applied to the weights only: torch.optim.SGD adds weight_decay * p to "
-                         "every parameter's gradient, the biases' too", {**hyper, "mistake": "weights_only"}))
-    if hyper.get("momentum"):
-        variants.append(("the momentum buffers are reset every epoch: they must live across epochs, like the "
-                         "optimizer's state", {**hyper, "mistake": "reset_each_epoch"}))
-        variants.append(("the momentum buffer is the tensor p.grad itself (an alias), so zeroing the gradient "
-                         "zeroes the buffer: keep a copy (b = g.clone()) or a separate tensor",
-                         {**hyper, "mistake": "aliased_buffer"}))
-    for message, variant in variants:
-        if compare(got, reference(weights, x, y, **variant))[2] < RELATIVE:
-            return message
-    if compare(got, reference(weights, x, y, zero_grad=False, **hyper))[2] < RELATIVE:
-        return "the gradients are not zeroed between steps (they accumulate)"
-    if compare(got, weights)[1] == 0:
-        return "the parameters were not updated at all (a copy was updated, or the update was not in place)"
-    if hyper.get("weight_decay") and hyper.get("momentum"):
-        return ("weight decay must be added to the gradient before the momentum buffer is updated "
-                "(g = g + wd * p, then b = momentum * b + g)")
-    return "no simple variant of torch.optim.SGD matches; compare the update with its documented algorithm"
+    def train(zero_grad=True, mistake=None, **variant):
+        return reference(weights, x, y, zero_grad, mistake, inputs, **variant)
+    return core().sgd_diagnose(got, weights, hyper, train, lambda a, b: compare(a, b)[2] < RELATIVE)
 
 
-def verdict(got, weights, x, y, hyper: dict, what: str) -> tuple[str, str, dict]:
+def verdict(got, weights, x, y, hyper: dict, what: str, seen=None) -> tuple[str, str, dict]:
+    """Compared with torch.optim.SGD on the raw batches, or, when the model saw other inputs (``seen``,
+    the input of each training forward: the student's function transforms each batch), on those."""
     want = reference(weights, x, y, **hyper)
     bitwise, diff, rel = compare(got, want)
+    inputs = seen if seen is not None and rel > RELATIVE and _differs(seen, x) else None
+    if inputs is not None:
+        bitwise, diff, rel = compare(got, reference(weights, x, y, inputs=inputs, **hyper))
+        what += " (your function transforms each batch before the model sees it: judged on what your model saw)"
     details = {"max_abs_difference": diff, "max_relative_difference": rel, "bitwise_equal": bitwise,
                "hyperparameters": {"lr": LR, **hyper}, "epochs": N_EPOCHS, "batches": N_BATCHES,
-               "batch_size": BATCH_SIZE}
+               "batch_size": BATCH_SIZE, "judged_on": "the raw batches" if inputs is None else "what the model saw"}
     if bitwise:
         return "pass", f"{what}: every parameter bitwise equal to torch.optim.SGD (torch.equal)", details
     if rel <= RELATIVE:
         return "pass", (f"{what}: equal to torch.optim.SGD within {RELATIVE:g} (largest difference {diff:.2g}, "
                         f"rounding; not bitwise)"), details
     return "fail", (f"{what}: parameters differ from torch.optim.SGD (largest difference {diff:.3g}); likely cause: "
-                    f"{diagnose(got, weights, x, y, hyper)}"), details
+                    f"{diagnose(got, weights, x, y, hyper, inputs)}"), details
+
+
+def _differs(seen, x) -> bool:
+    batches = [x[i:i + BATCH_SIZE] for i in range(0, len(x), BATCH_SIZE)] * N_EPOCHS
+    return any(s.shape != b.shape or not torch.equal(s, b) for s, b in zip(seen, batches))
+
+
+def seen_inputs(tensors: dict):
+    """The input of each training forward the runner recorded, when they are one per step of the grader's
+    problem, each a finite float batch of the course's input size; else None (judged on the raw batches)."""
+    steps = N_EPOCHS * N_BATCHES
+    if f"seen{steps}" in tensors or any(f"seen{i}" not in tensors for i in range(steps)):
+        return None
+    seen = [tensors[f"seen{i}"] for i in range(steps)]
+    if not all(t.dtype in (torch.float64, torch.float32) and t.numel() == BATCH_SIZE * 768 and t.dim() >= 2
+               and t.shape[0] == BATCH_SIZE and bool(torch.isfinite(t).all()) for t in seen):
+        return None
+    return [t.to(torch.float64).reshape(BATCH_SIZE, *IN_SHAPE) for t in seen]
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +206,7 @@ def trained(reply, tensors, problem_data, hyper, what) -> tuple[str, str, dict]:
     got = [tensor(tensors, f"p{i}", shape, f"parameter {i} after training")
            for i, shape in enumerate(weight_shapes())]
     weights, x, y = problem_data
-    status, message, details = verdict(got, weights, x, y, hyper, what)
+    status, message, details = verdict(got, weights, x, y, hyper, what, seen_inputs(tensors))
     details["called"] = text(reply.get("called", ""), 300)
     if reply.get("injected"):
         details["globals_provided"] = [text(n, 60) for n in reply["injected"]][:10]

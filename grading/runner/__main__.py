@@ -9,7 +9,7 @@ import traceback
 
 import torch
 
-from grading.channel import ChannelError, Reader, send
+from grading.channel import ChannelError, Reader, encode, write
 
 from . import load, sgd
 
@@ -101,7 +101,19 @@ def main(argv=None) -> int:
                      "traceback": _short("".join(traceback.format_exception(exc)))}
         reply["id"] = header.get("id")
         reply["output"] = _short(out.getvalue())
-        send(replies, reply, reply_tensors)
+        _reply(replies, reply, reply_tensors)
+
+
+def _reply(fd: int, reply: dict, tensors: dict) -> None:
+    """Send the reply; one that cannot be encoded (what the student's code returned) becomes an error
+    reply for this request, never a dead runner."""
+    try:
+        message = encode(reply, tensors)
+    except BaseException as exc:  # noqa: BLE001 - objects built by student code
+        message = encode({"status": "error", "id": reply.get("id"), "output": reply.get("output", ""),
+                          "error": f"the reply could not be encoded ({type(exc).__name__}: {str(exc)[:300]})",
+                          "error_type": "ReplyError"})
+    write(fd, message)
 
 
 if __name__ == "__main__":

@@ -79,9 +79,25 @@ def run_training(module, request: dict, tensors: dict) -> tuple[dict, dict]:
                                                              "val_loader": val_loader}, satisfied=satisfied)
     if injected:
         how += f"; the notebook-level {', '.join(injected)} replaced by the grader's"
-    returned = fn(*args, **kwargs)
+    seen = []
+    hook = model.register_forward_pre_hook(lambda module, inputs: _record(seen, module, inputs))
+    try:
+        returned = fn(*args, **kwargs)
+    finally:
+        hook.remove()
     params = {f"p{i}": p for i, p in enumerate(models.read_weights(model))}
+    params.update({f"seen{i}": t for i, t in enumerate(seen[:MAX_SEEN])})
     return {"called": f"{calls.describe(fn)} {how}", "injected": injected, "losses": _losses(returned)}, params
+
+
+MAX_SEEN = 64  # training forwards recorded (the grader's problem has 6)
+
+
+def _record(seen: list, module, inputs) -> None:
+    """The input of a training forward of the model (grad mode on, train mode): what the model saw."""
+    if torch.is_grad_enabled() and module.training and inputs and isinstance(inputs[0], torch.Tensor) \
+            and len(seen) <= MAX_SEEN:
+        seen.append(inputs[0].detach().clone())
 
 
 #: globals a function may read instead of its parameters: replaced by the grader's objects
