@@ -189,7 +189,9 @@ def test_learning_curve_styles_are_distinct_and_shared_across_panels():
     assert titles == ["momentum 0", "momentum 0.8", "momentum 0.9"]
     assert sum(len(ax.lines) for ax in fig.axes) == 3 * len(configs), "one curve per configuration and row"
     assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == [
-        "training loss", "training accuracy", "validation accuracy"]
+        "training loss", "training accuracy (%)", "validation accuracy (%)"]
+    accuracy_axis = [ax for ax in fig.axes if ax.get_ylabel() == "validation accuracy (%)"][0]
+    assert all(1 < y <= 100 for line in accuracy_axis.lines for y in line.get_ydata()), "accuracies in %"
     (legend,) = fig.legends
     assert legend.get_texts()[0].get_fontsize() >= 11, "legend too small to read at the notebook's width"
     assert sorted(t.get_text() for t in legend.get_texts()) == sorted(styles)

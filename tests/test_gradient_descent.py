@@ -279,6 +279,9 @@ def test_the_handout_keeps_the_graded_names_and_signatures(nb, handout):
 
 
 def test_the_handout_stops_at_its_first_stub(handout, shared_data):
-    """Run top to bottom, the hand-out reaches its first stub: no NameError or ImportError before."""
+    """Run top to bottom, the hand-out reaches its first stub: no NameError or ImportError before.
+    Task cells are empty to write in; the first given code that calls a student's function is the
+    public self-check, right after train_manual_update, so that is where an untouched hand-out stops."""
     stop = first_stop(handout, "gd_*")
-    assert stop in messages(NOTEBOOK)[:2], f"stopped at a later stub: {stop}"
+    expected = [m for m in messages(NOTEBOOK) if "update by hand" in m]
+    assert stop in expected, f"stopped at {stop!r}, not at train_manual_update's stub {expected}"
