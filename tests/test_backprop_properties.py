@@ -165,7 +165,8 @@ def test_harness_passes_the_notebook_on_random_nets(problem):
     with contextlib.redirect_stdout(io.StringIO()):
         result = harness.main_test(backpropagation, model, loss=loss, n_samples=4, n_points=2)
     assert result and [c.id for c in result.checks] == ["runs", "no_autograd", "unchanged", "stored", "autograd",
-                                                        "autograd_batch", "finite_differences", "square"]
+                                                        "autograd_batch", "finite_differences", "stored_activations",
+                                                        "square"]
 
 
 def test_bad_arguments():
