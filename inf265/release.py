@@ -393,7 +393,8 @@ def write_tree(target: Path) -> dict[str, int]:
 
 
 def build_date() -> tuple[int, int, int, int, int, int]:
-    """The date of every zip entry: $SOURCE_DATE_EPOCH, else the last commit's date, else 1980-01-01."""
+    """The date of every zip entry: $SOURCE_DATE_EPOCH, else the last commit's date, else 1980-01-01
+    (seconds rounded down to even: a zip stores dates to two seconds)."""
     stamp = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     if not stamp:
         try:
@@ -403,7 +404,7 @@ def build_date() -> tuple[int, int, int, int, int, int]:
             stamp = ""
     if not stamp.isdigit():
         return (1980, 1, 1, 0, 0, 0)
-    return max(time.gmtime(int(stamp))[:6], (1980, 1, 1, 0, 0, 0))
+    return max(time.gmtime(int(stamp) - int(stamp) % 2)[:6], (1980, 1, 1, 0, 0, 0))
 
 
 def write_zip(folder: Path, path: Path) -> None:
