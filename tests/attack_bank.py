@@ -10,13 +10,14 @@ leave no process behind.
 """
 from __future__ import annotations
 
+import ast
 import textwrap
 from pathlib import Path
 
 import nbformat
 
 from inf265 import ROOT
-from inf265.nbdefs import definitions_source
+from inf265.nbdefs import _kept_statements
 
 WRONG_BACKPROP = '''
 def backpropagation(model, y_true, y_pred):
@@ -315,6 +316,19 @@ builtins.max = lambda *a, **k: 0.0
 '''
 
 
+def definitions(notebook: Path) -> str:
+    """The reference notebook's kept definitions as one cell; an assignment that needs a value the
+    notebook computes (nbdefs keeps it, a top-to-bottom run of these alone cannot) is left out."""
+    parts = []
+    for _, node in _kept_statements(notebook):
+        source = ast.unparse(node)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)):
+            parts.append(source)
+        else:
+            parts.append("try:\n" + _indent(source, "    ") + "\nexcept NameError:\n    pass")
+    return "\n".join(parts) + "\n"
+
+
 def build(folder: Path, name: str, trick: str, canary: Path | None = None) -> Path:
     """One submission: the reference definitions, the wrong functions with ``trick``, and ``trick`` as a cell."""
     out = folder / name
@@ -323,7 +337,7 @@ def build(folder: Path, name: str, trick: str, canary: Path | None = None) -> Pa
     for notebook, template in (("backpropagation.ipynb", backprop), ("gradient_descent.ipynb", manual)):
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}: the reference's definitions, wrong code, a trick"),
-                    nbformat.v4.new_code_cell(definitions_source(ROOT / notebook)),
+                    nbformat.v4.new_code_cell(definitions(ROOT / notebook)),
                     nbformat.v4.new_code_cell("import torch\n" + _function(template, trick, name).strip()),
                     nbformat.v4.new_code_cell(textwrap.dedent(trick).strip())]
         nbformat.write(nb, str(out / notebook))
@@ -344,7 +358,7 @@ def build_lab4(folder: Path) -> Path:
     for notebook, code in (("backpropagation.ipynb", LAB4_BACKPROP), ("gradient_descent.ipynb", "")):
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_markdown_cell("# Layers with a hand-written backward (Lab 4 style)"),
-                    nbformat.v4.new_code_cell(definitions_source(ROOT / notebook))]
+                    nbformat.v4.new_code_cell(definitions(ROOT / notebook))]
         if code:
             nb.cells.append(nbformat.v4.new_code_cell("import torch\n" + textwrap.dedent(code).strip()))
         nbformat.write(nb, str(out / notebook))
