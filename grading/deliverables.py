@@ -10,13 +10,19 @@
   ``grading/nbval_sanitize.cfg``; which cells reproduce and which differ.
 
 Each is a record with its points from the rubric (default 0: flagged for the instructor only).
-Nothing here runs students' code: the notebooks are read as JSON.
+Nothing here runs students' code: the notebooks are read as JSON, and the PDFs' text with pypdf, in a
+child process under the static reading's limits (memory, CPU), so that no hand-in can take the
+grader's own memory; a file reached through a link is never read (it counts as missing).
 """
 from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 from . import inbox
@@ -30,8 +36,16 @@ SANITIZE = Path(__file__).resolve().parent / "nbval_sanitize.cfg"
 PROMPT = re.compile(r"(In|Out)\s*\[\s*\d*\s*\]\s*:")
 
 
+def _plain_file(path: Path) -> bool:
+    """A regular file, neither it nor its folder a link (what a link points to is never read)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode) and not stat.S_ISLNK(os.lstat(path.parent).st_mode)
+    except OSError:
+        return False
+
+
 def _code_cells(path: Path) -> list[dict] | None:
-    if not path.is_file() or inbox.unreadable(path):
+    if not _plain_file(path) or inbox.unreadable(path):
         return None
     nb = json.loads(path.read_text(encoding="utf-8", errors="replace"))
     return [c for c in nb.get("cells", []) if c.get("cell_type") == "code"]
@@ -87,6 +101,8 @@ def _pdf_text(path: Path) -> str | None:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
+    if not _plain_file(path):
+        return None
     try:
         reader = PdfReader(path)
         return "\n".join((page.extract_text() or "") for page in reader.pages[:40])
@@ -166,7 +182,7 @@ def pair_names(folder: Path, root: Path, files: list[str]) -> list[str]:
     texts = []
     for name in inbox.NOTEBOOKS.values():
         path = folder / name
-        if path.is_file() and not inbox.unreadable(path):
+        if _plain_file(path) and not inbox.unreadable(path):
             nb = json.loads(path.read_text(encoding="utf-8", errors="replace"))
             texts += ["".join(c["source"]) if isinstance(c.get("source"), list) else str(c.get("source", ""))
                       for c in nb.get("cells", [])[:5] if c.get("cell_type") == "markdown"]
@@ -186,14 +202,47 @@ def pair_names(folder: Path, root: Path, files: list[str]) -> list[str]:
 def apply(report: dict, folder: Path, root: Path, files: list[str], out_dir: Path, rubric) -> None:
     """``report["deliverables"]``: one record per deliverable, with its points and a flag when missed;
     ``report["names"]``: the pair's names when the hand-in gives them."""
-    report["names"] = pair_names(folder, root, files)
+    found = read_bounded(folder, root, files, out_dir)
+    report["names"] = found["names"]
     points = rubric.extras.get("deliverables") or {}
     out = []
-    for did, (ok, message) in check(folder, root, files, out_dir).items():
+    for did, (ok, message) in found["checks"].items():
         status = "skipped" if ok is None else "pass" if ok else "flagged"
         out.append({"id": did, "title": TITLES[did], "status": status, "message": message,
                     "max_points": float(points.get(did, 0)), "points": float(points.get(did, 0)) if ok else 0.0})
     report["deliverables"] = out
+
+
+def read_bounded(folder: Path, root: Path, files: list[str], out_dir: Path) -> dict:
+    """``{"checks": check(...), "names": pair_names(...)}``, read by a child process under the limits of
+    the grader's static reading; a hand-in it cannot read within them is flagged on every deliverable."""
+    from .checks.static import READ_MEMORY, READ_SECONDS, _child_limits
+
+    question = json.dumps({"folder": str(folder), "root": str(root), "files": list(files), "out_dir": str(out_dir)})
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        run = subprocess.run([sys.executable, "-P", "-m", "grading.deliverables"], input=question.encode(), env=env,
+                             capture_output=True, timeout=READ_SECONDS * 2, preexec_fn=_child_limits)
+        if run.returncode == 0:
+            found = json.loads(run.stdout)
+            return {"checks": {k: tuple(v) for k, v in found["checks"].items()}, "names": found["names"]}
+        why = (run.stderr.decode("utf-8", "replace").strip().splitlines() or [f"exit status {run.returncode}"])[-1]
+    except subprocess.TimeoutExpired:
+        why = f"more than {READ_SECONDS * 2} s"
+    except (ValueError, KeyError) as exc:
+        why = f"unreadable result ({exc})"
+    message = (f"not checked: the hand-in could not be read within the grader's limits ({READ_MEMORY >> 20} MiB, "
+               f"{READ_SECONDS} s of CPU): {why[:200]}")
+    return {"checks": {did: (False, message) for did in TITLES}, "names": []}
+
+
+def _main() -> None:
+    """python -m grading.deliverables < {"folder", "root", "files", "out_dir"}: read_bounded's child."""
+    q = json.load(sys.stdin)
+    folder, root, out_dir = Path(q["folder"]), Path(q["root"]), Path(q["out_dir"])
+    json.dump({"checks": check(folder, root, q["files"], out_dir), "names": pair_names(folder, root, q["files"])},
+              sys.stdout)
 
 
 def markdown(report: dict) -> list[str]:
@@ -213,3 +262,7 @@ def markdown(report: dict) -> list[str]:
     lines += [f"- {d['title']}: **{d['status']}** ({d['points']:g} / {d['max_points']:g}): {inline(d['message'])}"
               for d in report.get("deliverables", [])]
     return ["", "## Hand-in", "", *lines] if lines else []
+
+
+if __name__ == "__main__":
+    _main()

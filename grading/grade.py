@@ -108,7 +108,7 @@ class Checks:
         self.submission, self.ctx = submission, ctx
         self.runner = self.ws = None
         self.loaded: dict[str, dict] = {}
-        self.hung: set[str] = set()
+        self.hung: dict[str, str] = {}  # a graded function -> why its later checks are skipped
         self.notes: list[str] = []
         self.loaded_requests: dict[str, list[str]] = {}  # reloaded into every fresh runner
 
@@ -145,13 +145,13 @@ class Checks:
     def run(self, check_id: str, uses: str, fn) -> dict:
         """``fn(runner) -> (status, message, details)`` as check ``check_id``, under the runner's limits."""
         if uses in self.hung:
-            return record("skipped", f"skipped: {uses} exceeded the time limit in an earlier check")
+            return record("skipped", f"skipped: {uses} {self.hung[uses]} in an earlier check")
         start = time.monotonic()
         try:
             status, message, details = fn(self._runner())
         except RunnerFailure as failure:
-            if failure.status == "timeout":
-                self.hung.add(uses)
+            if failure.halts:
+                self.hung[uses] = failure.halts
             status, message, details = failure.status, failure.message, failure.details
         except BadReply as exc:
             status, message, details = "error", f"malformed reply from the runner: {exc}", {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
 import sys
 import time
@@ -47,19 +48,37 @@ class _Checked:
 
 
 def _wait_for_socket(path: str, deadline: float) -> None:
+    """Return once ``path`` is a socket (not a link) that accepts connections.
+
+    A socket file exists from the kernel's ``bind``, a moment before its ``listen``: a connection in
+    between is refused, and with reconnection off ZeroMQ would never try again (the kernel then
+    never answers). So the socket is first tried with a plain connection, closed at once."""
     while True:
         try:
             mode = os.lstat(path).st_mode
         except FileNotFoundError:
             mode = None
         if mode is not None:
-            if stat.S_ISSOCK(mode):
+            if not stat.S_ISSOCK(mode):
+                raise RuntimeError(f"the kernel's socket {os.path.basename(path)} was replaced by something else "
+                                   f"(a link or a file): not connected")
+            if _listening(path):
                 return
-            raise RuntimeError(f"the kernel's socket {os.path.basename(path)} was replaced by something else "
-                               f"(a link or a file): not connected")
         if time.monotonic() > deadline:
             raise RuntimeError("the kernel did not open its sockets in time")
         time.sleep(0.05)
+
+
+def _listening(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1)
+    try:
+        probe.connect(path)
+        return True
+    except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
+        return False
+    finally:
+        probe.close()
 
 
 class _Client(_Checked, AsyncKernelClient):

@@ -21,9 +21,12 @@ from .channel import ChannelError, Reader, send
 
 
 class RunnerFailure(RuntimeError):
-    def __init__(self, status: str, message: str, details: dict | None = None):
+    """``halts``: why the function's later checks are not run (it would do the same again: loop
+    forever, flood, fork, write into the channel, end the process); ``None`` when they still run."""
+
+    def __init__(self, status: str, message: str, details: dict | None = None, halts: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.details = status, message, details or {}
+        self.status, self.message, self.details, self.halts = status, message, details or {}, halts
 
 
 class Runner:
@@ -102,23 +105,26 @@ class Runner:
         if over_cpu or isinstance(exc, TimeoutError):
             self.dead = f"{what or 'the student code'} exceeded the time limit in an earlier check"
             return RunnerFailure("timeout", f"stopped after the time limit of {cpu_seconds:g} s of CPU time"
-                                            f"{where} (an infinite loop, or far too slow)")
+                                            f"{where} (an infinite loop, or far too slow)",
+                                 halts="exceeded the time limit")
         if outcome is not None and outcome.limit:
             self.dead = f"the runner was stopped: {outcome.limit_message}"
             status = "error"
+            # memory depends on the net's size, so a smaller net's check still runs; the other limits do not
+            halts = None if outcome.limit == "memory" else f"was stopped at a limit ({outcome.limit_message})"
             return RunnerFailure(status, f"stopped: {outcome.limit_message}{where}",
-                                 {"output": (outcome.stdout + outcome.stderr)[-2000:]})
+                                 {"output": (outcome.stdout + outcome.stderr)[-2000:]}, halts=halts)
         text = (outcome.stdout + outcome.stderr) if outcome else ""
         self.dead = "the runner ended in an earlier check"
         if sandbox.is_memory_error(text):
             return RunnerFailure("error", f"stopped: {sandbox.memory_message(self.limits)}{where}")
         if isinstance(exc, ChannelError) and "malformed" in str(exc):
-            return RunnerFailure("error", f"{exc}{where}")
+            return RunnerFailure("error", f"{exc}{where}", halts="wrote into the grader's channel")
         code = outcome.returncode if outcome else None
         return RunnerFailure("error", f"the runner process ended during this check{where} (exit status {code}): "
                                       f"the student's code exited the process (os._exit) or crashed Python"
                              + (f"; {limit_message}" if limit_message else ""),
-                             {"output": text[-2000:]} if text.strip() else {})
+                             {"output": text[-2000:]} if text.strip() else {}, halts="ended the process")
 
 
 # --------------------------------------------------------------------------------------------

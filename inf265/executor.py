@@ -11,6 +11,7 @@ file; in your project folder it is ``tools/executor.py``, which ``tools/check.py
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
@@ -201,6 +202,10 @@ def run(nb, timeout: float | None = 1800, *, kernel: str = "python3", km=None, c
         return _failure(nb, current, progress, "error", ename=exc.ename, evalue=exc.evalue)
     except Exception as exc:  # noqa: BLE001 - the kernel did not start, or died while starting
         return _failure(nb, {}, progress, "start", ename=type(exc).__name__, evalue=str(exc))
+    finally:
+        # nbclient registers its kernel's clean-up to run at exit, and forgets to take it back when
+        # the kernel failed to start: at exit it would then fail on the kernel manager it already reset
+        atexit.unregister(client._cleanup_kernel)
     return None
 
 

@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -315,3 +316,28 @@ def test_bad_new_rubric_settings_are_rejected(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(rubric_mod.RubricError, match=re.escape(message)):
         rubric_mod.load(path)
+
+
+def test_deliverables_are_read_by_a_bounded_child_and_never_through_a_link(tmp_path):
+    """A hand-in's PDF and notebooks are parsed in a child under the static reading's limits (the grader
+    never imports pypdf), and a file that is a link (here to the bundle's own report and notebook) is
+    never read: it counts as missing."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    shutil.copy(ROOT / "report" / "report.pdf", sub / "report.pdf")
+    (sub / "linked.pdf").symlink_to(ROOT / "report" / "report.pdf")
+    shutil.copy(ROOT / "backpropagation.ipynb", sub / "backpropagation.ipynb")
+    (sub / "gradient_descent.ipynb").symlink_to(ROOT / "gradient_descent.ipynb")
+    files = ["report.pdf", "linked.pdf", "backpropagation.ipynb", "gradient_descent.ipynb"]
+    code = ("import json, sys\nfrom pathlib import Path\nfrom grading import deliverables\n"
+            f"found = deliverables.read_bounded(Path({str(sub)!r}), Path({str(sub)!r}), {files!r}, "
+            f"Path({str(tmp_path / 'out')!r}))\n"
+            "print(json.dumps({'found': found, 'pypdf': 'pypdf' in sys.modules}))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    checks = answer["found"]["checks"]
+    assert not answer["pypdf"]
+    assert "report.pdf: a report" in checks["pdf_report"][1] and "linked.pdf: not a readable PDF" in checks["pdf_report"][1]
+    assert checks["executed"][0] is False and "gradient_descent.ipynb: missing or unreadable" in checks["executed"][1]
+    assert "backpropagation.ipynb: 17 of 17 code cells executed" in checks["executed"][1]

@@ -210,3 +210,21 @@ def test_a_failure_names_the_cell_as_jupyterlab_counts_it_and_the_harness_cause_
     where, _, why = failure.describe().partition("`) raised ")
     assert where.startswith("cell 4 (`raise AssertionError('backpropagation failed") and where.endswith("...")
     assert why == "AssertionError: matches autograd: fc[2].weight is wrong; likely cause: off by a factor 2 (too small)"
+
+
+def test_a_kernel_that_cannot_start_is_a_failure_and_leaves_nothing_at_exit(tmp_path):
+    # nbclient registers the kernel's clean-up at exit and keeps it when the kernel does not answer in
+    # time; the grader's process then printed a traceback when it ended (seen under load in CI)
+    code = ("import nbformat\n"
+            "from jupyter_client.asynchronous import AsyncKernelClient\n"
+            "from inf265.execute import run\n"
+            "async def silent(self, timeout=None):\n"
+            "    raise RuntimeError(\"Kernel didn't respond in 120 seconds\")\n"
+            "AsyncKernelClient.wait_for_ready = silent\n"
+            "nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('1')])\n"
+            "failure = run(nb)\n"
+            "print(failure.kind, failure.evalue)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "start Kernel didn't respond in 120 seconds"
+    assert "Traceback" not in done.stderr, done.stderr

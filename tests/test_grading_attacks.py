@@ -76,7 +76,9 @@ def attacked(tmp_path_factory, shared_data):
     env = dict(os.environ, DATA_DIR=str(Path(shared_data).resolve()))
     start = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "grading", *map(str, folders), "--out", str(out), "--jobs", "2",
-                          "--timeout", "30"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+                          # limits well above what the attack notebooks' own cells and the checks need (a few s),
+                          # well below the rubric's: tricks that sleep or loop are stopped sooner
+                          "--timeout", "20", "--check-timeout", "8"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     seconds = time.monotonic() - start
     time.sleep(1)
     server.shutdown()
@@ -175,6 +177,19 @@ def test_limits_hold_for_the_whole_box(attacked):
     assert "process limit of 64 exceeded" in nested, nested
     widgets = _checks(reports["widgets"])["notebook_backpropagation"]["message"]  # 300 MiB of widget state
     assert "output limit of 16 MiB exceeded" in widgets, widgets
+
+
+def test_a_function_stopped_at_a_limit_or_ending_the_process_is_not_run_again(attacked):
+    """Each later check of it would fork, end the process or write into the channel again: skipped, with why
+    (each would otherwise start a fresh runner, seconds of a grader's time per check)."""
+    for name, first, why in (("nested_namespace", "backprop_toy", "was stopped at a limit (process limit of 64"),
+                             ("forgery", "backprop_toy", "wrote into the grader's channel")):
+        checks = _checks(attacked["reports"][name])
+        assert checks[first]["status"] == "error", (name, checks[first])
+        for cid in ("backprop_mnist", "backprop_square", "backprop_deep"):
+            assert checks[cid]["status"] == "skipped", (name, cid, checks[cid])
+            assert checks[cid]["message"].startswith(f"skipped: backpropagation {why}"), checks[cid]["message"]
+        assert checks["manual_plain"]["status"] == "error" and checks["manual_momentum"]["status"] == "skipped"
 
 
 def test_a_backward_method_of_the_students_own_layers_is_not_autograd(attacked):

@@ -374,3 +374,22 @@ def test_without_bwrap_a_separate_user_runs_the_code(tmp_path, course_dir, canar
         sandbox.kill_user(uid)  # what grading does before results are written: re-parented daemons too
     assert not any(marker.encode() in _cmdline(int(p)) for p in os.listdir("/proc") if p.isdigit())
     assert list(results.iterdir()) == []
+
+
+def test_a_kernel_socket_is_connected_once_it_listens_and_never_through_a_link(tmp_path):
+    """The grader connects to the kernel's sockets with ZeroMQ's reconnection off (a socket replaced
+    later is never connected to), so a first connection must not come between the kernel's ``bind``
+    (the file exists) and its ``listen``: refused, it was never retried and the kernel never answered."""
+    from grading.notebooks import _wait_for_socket
+    path = str(tmp_path / "shell")
+    kernel = socket.socket(socket.AF_UNIX)
+    kernel.bind(path)   # bound, not listening yet
+    with pytest.raises(RuntimeError, match="did not open its sockets in time"):
+        _wait_for_socket(path, time.monotonic() + 0.3)
+    kernel.listen(1)
+    _wait_for_socket(path, time.monotonic() + 5)
+    kernel.close()
+    os.unlink(path)
+    os.symlink(tmp_path / "elsewhere.sock", path)
+    with pytest.raises(RuntimeError, match="replaced by something else"):
+        _wait_for_socket(path, time.monotonic() + 5)
