@@ -23,9 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import nbformat
+# jsonschema (under nbformat) imports rfc3987_syntax when jupyterlab brought it: it compiles a
+# grammar for seconds at every start, for a format nbformat never checks
+sys.modules.setdefault("rfc3987_syntax", None)
 
-from executor import Progress, run  # tools/executor.py, beside this file
+import nbformat  # noqa: E402
+
+from executor import Progress, run  # noqa: E402 - tools/executor.py, beside this file
 
 NOTEBOOKS = ("backpropagation.ipynb", "gradient_descent.ipynb")
 GRADERS_LIMIT = "{{CELL_TIMEOUT}}"  # seconds per cell: the grader's limit
